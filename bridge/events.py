@@ -1,0 +1,73 @@
+"""What a sink receives: one downstream event per valid customer record (SPEC 7)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bridge.records import Op
+from bridge.topics import InboundTopic, TopicKind
+
+
+@dataclass(frozen=True, slots=True)
+class DownstreamEvent:
+    """One valid customer record with the context it arrived in."""
+
+    op: Op
+    kind: TopicKind
+    tenant: str
+    project_id: str
+    version: str | None
+    vendor: str | None
+    msg_id: str | None
+    report_ts: int | None
+    event_ts: int | None
+    customer: dict[str, Any]
+
+    @classmethod
+    def from_topic(
+        cls,
+        inbound: InboundTopic,
+        op: Op,
+        msg_id: str | None,
+        report_ts: int | None,
+        event_ts: int | None,
+        customer: dict[str, Any],
+    ) -> DownstreamEvent:
+        """Build the event of a record that came on `inbound`."""
+        return cls(
+            op=op,
+            kind=inbound.kind,
+            tenant=inbound.tenant,
+            project_id=inbound.project_id,
+            version=inbound.version,
+            vendor=inbound.vendor,
+            msg_id=msg_id,
+            report_ts=report_ts,
+            event_ts=event_ts,
+            customer=customer,
+        )
+
+    @property
+    def customer_id(self) -> str:
+        """The record's `id` (always a non-empty string once validated)."""
+        return str(self.customer.get("id", ""))
+
+    @property
+    def ordering_key(self) -> tuple[str, str, str]:
+        """The key within which events must reach a sink in arrival order (SPEC 6)."""
+        return (self.tenant, self.project_id, self.customer_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The SPEC 7 object, as the jsonl sink writes it and `bridge validate` prints it."""
+        return {
+            "op": str(self.op),
+            "tenant": self.tenant,
+            "projectId": self.project_id,
+            "version": self.version,
+            "vendor": self.vendor,
+            "msgId": self.msg_id,
+            "reportTs": self.report_ts,
+            "eventTs": self.event_ts,
+            "customer": self.customer,
+        }

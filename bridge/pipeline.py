@@ -1,0 +1,138 @@
+"""One MQTT message -> one outcome: records to forward, alarms to publish, or nothing (pure)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from bridge import alarms
+from bridge.alarms import Alarm
+from bridge.events import DownstreamEvent
+from bridge.topics import InboundTopic, Selection, TopicRole, parse
+from bridge.validate import FieldError, Rules, validate
+
+
+class Disposition(StrEnum):
+    """What became of a message, as logs and metrics name it."""
+
+    PROCESSED = "processed"
+    ERROR_TOPIC = "ignored_error_topic"
+    UNRECOGNISED = "ignored_unrecognised"
+    NOT_SELECTED = "ignored_not_selected"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of one message. Ignored messages carry nothing to forward or publish."""
+
+    topic: str
+    disposition: Disposition
+    inbound: InboundTopic | None = None
+    msg_id: str | None = None
+    ops: tuple[str, ...] = ()
+    forward: tuple[DownstreamEvent, ...] = ()
+    alarms: tuple[Alarm, ...] = ()
+    rejected: int = 0
+    errors: tuple[FieldError, ...] = field(default=(), repr=False)
+
+    @property
+    def undecodable(self) -> bool:
+        """The payload could not be read as an envelope (it belongs in the dead letters)."""
+        return any(alarm.op == alarms.UNKNOWN for alarm in self.alarms) and not self.ops
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Pipeline:
+    """Validates inbound payloads and turns them into outcomes."""
+
+    def __init__(
+        self,
+        rules: Rules,
+        selection: Selection,
+        *,
+        now_ms: Callable[[], int] = _now_ms,
+        new_id: Callable[[], str] = _new_id,
+    ) -> None:
+        self.rules = rules
+        self.selection = selection
+        self._now_ms = now_ms
+        self._new_id = new_id
+
+    def process(self, topic: str, payload: bytes) -> Outcome:
+        """Decide what one message becomes. Never raises for any topic or payload."""
+        parsed = parse(topic)
+        if parsed.role is TopicRole.ERROR:
+            return Outcome(topic, Disposition.ERROR_TOPIC)
+        if parsed.inbound is None:
+            return Outcome(topic, Disposition.UNRECOGNISED)
+        inbound = parsed.inbound
+        if not self.selection.accepts(inbound):
+            return Outcome(topic, Disposition.NOT_SELECTED, inbound)
+        return self.process_inbound(inbound, payload)
+
+    def process_inbound(self, inbound: InboundTopic, payload: bytes) -> Outcome:
+        """Validate a payload that arrived on an inbound topic."""
+        result = validate(payload, self.rules, customization=inbound.customization)
+        forward: list[DownstreamEvent] = []
+        raised: list[Alarm] = []
+        errors: list[FieldError] = list(result.message_errors)
+        rejected = 0
+        now = self._now_ms()
+        if result.message_errors:
+            raised.append(
+                alarms.build(
+                    error_topic=inbound.error_topic,
+                    op=alarms.UNKNOWN,
+                    code=alarms.CODE_INVALID,
+                    msg=alarms.describe(result.message_errors),
+                    records=(),
+                    errors=result.message_errors,
+                    source_msg_id=result.msg_id,
+                    now_ms=now,
+                    alarm_id=self._new_id(),
+                )
+            )
+        for op in result.ops:
+            forward.extend(
+                DownstreamEvent.from_topic(
+                    inbound, op.op, result.msg_id, result.report_ts, op.event_ts, record
+                )
+                for record in op.accepted
+            )
+            if op.errors:
+                rejected += len(op.rejected)
+                errors.extend(op.errors)
+                raised.append(
+                    alarms.build(
+                        error_topic=inbound.error_topic,
+                        op=str(op.op),
+                        code=alarms.CODE_INVALID,
+                        msg=alarms.describe(op.errors),
+                        records=op.rejected,
+                        errors=op.errors,
+                        source_msg_id=result.msg_id,
+                        now_ms=now,
+                        alarm_id=self._new_id(),
+                    )
+                )
+        return Outcome(
+            topic=inbound.topic,
+            disposition=Disposition.PROCESSED,
+            inbound=inbound,
+            msg_id=result.msg_id,
+            ops=tuple(str(op.op) for op in result.ops),
+            forward=tuple(forward),
+            alarms=tuple(raised),
+            rejected=rejected,
+            errors=tuple(errors),
+        )

@@ -1,0 +1,222 @@
+"""Customer event topics: parse one, derive its error topic, build subscription filters (pure).
+
+Topic shapes (SPEC 1)::
+
+    {tenant}/proj_{projectId}/v1-business-model-customer                       standard
+    {tenant}/proj_{projectId}/v1-business-model-error-customer                 standard error
+    {tenant}/proj_{projectId}/{version}-customization-{vendor}-customer        customization
+    {tenant}/proj_{projectId}/{version}-customization-{vendor}-error-customer  customization error
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+ANY = "+"
+STANDARD_LEAF = "v1-business-model-customer"
+STANDARD_ERROR_LEAF = "v1-business-model-error-customer"
+_CUSTOM_LEAF = re.compile(r"(v[0-9]+)-customization-(.+)-customer", re.DOTALL)
+_VERSION = re.compile(r"v[0-9]+")
+_PROJECT_PREFIX = "proj_"
+_SHARE_GROUP = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+class TopicKind(StrEnum):
+    """Which family of inbound topic a message came on."""
+
+    STANDARD = "standard"
+    CUSTOMIZATION = "customization"
+
+
+class TopicRole(StrEnum):
+    """What the bridge does with a topic: take it as input, or leave it alone."""
+
+    INBOUND = "inbound"
+    ERROR = "error"
+    UNRECOGNISED = "unrecognised"
+
+
+def is_safe_segment(segment: str) -> bool:
+    """A topic segment we may echo into a published topic: non-empty, no wildcards, no controls.
+
+    Non-ASCII letters are fine (vendors are often named in Chinese); control and
+    format characters, `/`, `+`, `#` and NUL are not, since a broker may drop the
+    connection of a client that publishes them.
+    """
+    if not segment:
+        return False
+    for ch in segment:
+        if ch in "/+#\x00" or unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn"):
+            return False
+    return True
+
+
+def is_valid_vendor(vendor: str) -> bool:
+    """A vendor name the bridge accepts in config and on the wire (SPEC 1)."""
+    return is_safe_segment(vendor) and not vendor.endswith("-error")
+
+
+@dataclass(frozen=True, slots=True)
+class InboundTopic:
+    """A parsed inbound customer topic; only ever built from a topic that passed `parse`."""
+
+    topic: str
+    kind: TopicKind
+    tenant: str
+    project_id: str
+    version: str | None = None
+    vendor: str | None = None
+
+    @property
+    def customization(self) -> bool:
+        """True for a customization topic."""
+        return self.kind is TopicKind.CUSTOMIZATION
+
+    @property
+    def error_topic(self) -> str:
+        """The topic this message's alarms go to: `error-` inserted before the final `customer`."""
+        return self.topic[: -len("customer")] + "error-customer"
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedTopic:
+    """The role of a topic, and its parts when it is an inbound one."""
+
+    role: TopicRole
+    inbound: InboundTopic | None = None
+
+
+_UNRECOGNISED = ParsedTopic(TopicRole.UNRECOGNISED)
+_ERROR = ParsedTopic(TopicRole.ERROR)
+
+
+def parse(topic: str) -> ParsedTopic:
+    """Classify a topic and split an inbound one into its parts."""
+    parts = topic.split("/")
+    if len(parts) != 3:
+        return _UNRECOGNISED
+    tenant, project, leaf = parts
+    if not (is_safe_segment(tenant) and is_safe_segment(leaf)):
+        return _UNRECOGNISED
+    if not project.startswith(_PROJECT_PREFIX) or not is_safe_segment(project):
+        return _UNRECOGNISED
+    project_id = project[len(_PROJECT_PREFIX) :]
+    if not project_id:
+        return _UNRECOGNISED
+    if leaf == STANDARD_LEAF:
+        return ParsedTopic(
+            TopicRole.INBOUND, InboundTopic(topic, TopicKind.STANDARD, tenant, project_id)
+        )
+    if leaf == STANDARD_ERROR_LEAF:
+        return _ERROR
+    match = _CUSTOM_LEAF.fullmatch(leaf)
+    if match is None:
+        return _UNRECOGNISED
+    version, vendor = match.group(1), match.group(2)
+    if vendor.endswith("-error"):
+        return _ERROR
+    return ParsedTopic(
+        TopicRole.INBOUND,
+        InboundTopic(topic, TopicKind.CUSTOMIZATION, tenant, project_id, version, vendor),
+    )
+
+
+def error_topic(topic: str) -> str:
+    """The error topic of an inbound topic; ValueError for anything else."""
+    parsed = parse(topic)
+    if parsed.inbound is None:
+        raise ValueError(f"not an inbound customer topic ({parsed.role})")
+    return parsed.inbound.error_topic
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which tenants, projects, versions and vendors to take; `+` in a list means any."""
+
+    tenants: tuple[str, ...] = (ANY,)
+    projects: tuple[str, ...] = (ANY,)
+    standard: bool = True
+    customization: bool = True
+    versions: tuple[str, ...] = (ANY,)
+    vendors: tuple[str, ...] = (ANY,)
+    share_group: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("tenants", "projects", "versions", "vendors"):
+            values = getattr(self, name)
+            if not values:
+                raise ValueError(f"{name}: at least one value, or '+' for any")
+            for value in values:
+                if value != ANY and not is_safe_segment(value):
+                    raise ValueError(f"{name}: {value!r} is not a usable topic segment")
+        for version in self.versions:
+            if version != ANY and not _VERSION.fullmatch(version):
+                raise ValueError(f"versions: {version!r} is not 'v' followed by digits")
+        for vendor in self.vendors:
+            if vendor != ANY and not is_valid_vendor(vendor):
+                raise ValueError(f"vendors: {vendor!r} must not end in '-error'")
+        if not (self.standard or self.customization):
+            raise ValueError("at least one of standard and customization must be on")
+        if self.share_group is not None and not _SHARE_GROUP.fullmatch(self.share_group):
+            raise ValueError(f"share_group: {self.share_group!r} is not a usable group name")
+
+    def accepts(self, inbound: InboundTopic) -> bool:
+        """Whether a parsed inbound topic is one this selection takes."""
+        if not (
+            _matches(self.tenants, inbound.tenant) and _matches(self.projects, inbound.project_id)
+        ):
+            return False
+        if inbound.kind is TopicKind.STANDARD:
+            return self.standard
+        return (
+            self.customization
+            and _matches(self.versions, inbound.version or "")
+            and _matches(self.vendors, inbound.vendor or "")
+        )
+
+    def filters(self) -> list[str]:
+        """The MQTT subscription filters for this selection, without overlaps.
+
+        Overlapping filters would make some brokers deliver a message twice, so a
+        wildcard leaf (needed for "any version" or "any vendor", which MQTT cannot
+        match inside a segment) replaces every literal leaf; `accepts` then
+        filters locally.
+        """
+        leaves: list[str] = []
+        wildcard_leaf = self.customization and (ANY in self.versions or ANY in self.vendors)
+        if wildcard_leaf:
+            leaves = [ANY]
+        else:
+            if self.standard:
+                leaves.append(STANDARD_LEAF)
+            if self.customization:
+                leaves.extend(
+                    f"{version}-customization-{vendor}-customer"
+                    for version in self.versions
+                    for vendor in self.vendors
+                )
+        tenants = _collapse(self.tenants)
+        projects = [p if p == ANY else _PROJECT_PREFIX + p for p in _collapse(self.projects)]
+        prefix = f"$share/{self.share_group}/" if self.share_group else ""
+        return [
+            f"{prefix}{tenant}/{project}/{leaf}"
+            for tenant in tenants
+            for project in projects
+            for leaf in _dedupe(leaves)
+        ]
+
+
+def _matches(allowed: Sequence[str], value: str) -> bool:
+    return ANY in allowed or value in allowed
+
+
+def _collapse(values: Sequence[str]) -> list[str]:
+    return [ANY] if ANY in values else _dedupe(values)
+
+
+def _dedupe(values: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(values))

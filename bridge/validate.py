@@ -1,0 +1,323 @@
+"""Payload bytes -> accepted and rejected customer records with reasons (pure; SPEC 2-4)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from bridge.records import FIELDS, InvalidValue, Op, as_int, check_record
+
+PROFILE: dict[str, Any] = {"poiCode": "s0140001", "appType": "customer", "modelId": 140001}
+MSG_ID_MAX = 64
+_MAX_INT_DIGITS = 20
+_DATE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
+
+
+class Mode(StrEnum):
+    """How forgiving validation is (SPEC 3, "Strict and lenient")."""
+
+    LENIENT = "lenient"
+    STRICT = "strict"
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """What a valid message is: mode, time zone for date strings, and payload limits."""
+
+    mode: Mode = Mode.LENIENT
+    timezone: str = "Asia/Shanghai"
+    max_batch: int = 1000
+    max_payload_bytes: int = 1024 * 1024
+    max_depth: int = 32
+    zone: ZoneInfo = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "zone", ZoneInfo(self.timezone))
+
+    @property
+    def strict(self) -> bool:
+        """True in strict mode."""
+        return self.mode is Mode.STRICT
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One reason a record or envelope was refused. `index` is the record's place in the
+    inbound customerList, or None for a fault of the envelope."""
+
+    index: int | None
+    field: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `errors[]` item of an alarm."""
+        return {"index": self.index, "field": self.field, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class OpResult:
+    """The outcome of one operation of an envelope."""
+
+    op: Op
+    event_ts: int | None
+    accepted: tuple[dict[str, Any], ...]
+    rejected: tuple[Any, ...]
+    errors: tuple[FieldError, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Validation:
+    """The outcome of one payload: its operations, and faults that belong to no operation."""
+
+    msg_id: str | None
+    report_ts: int | None
+    ops: tuple[OpResult, ...] = ()
+    message_errors: tuple[FieldError, ...] = ()
+
+
+class _PayloadError(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _reject_constant(name: str) -> Any:
+    raise _PayloadError(f"{name} is not JSON")
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _PayloadError("number out of range")
+    return value
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise _PayloadError("number out of range")
+    return int(text)
+
+
+def _depth_exceeds(document: object, limit: int) -> bool:
+    stack: list[tuple[object, int]] = [(document, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def decode(payload: bytes, rules: Rules) -> object:
+    """Parse a payload within the limits; raise ValueError with a value-free reason."""
+    if len(payload) > rules.max_payload_bytes:
+        raise ValueError(f"payload larger than {rules.max_payload_bytes} bytes")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("payload is not UTF-8") from None
+    try:
+        document = json.loads(
+            text,
+            parse_constant=_reject_constant,
+            parse_float=_parse_float,
+            parse_int=_parse_int,
+        )
+    except _PayloadError as bad:
+        raise ValueError(bad.reason) from None
+    except RecursionError:
+        raise ValueError(f"JSON nested deeper than {rules.max_depth}") from None
+    except ValueError:
+        raise ValueError("payload is not JSON") from None
+    if _depth_exceeds(document, rules.max_depth):
+        raise ValueError(f"JSON nested deeper than {rules.max_depth}")
+    return document
+
+
+def validate(payload: bytes, rules: Rules, *, customization: bool) -> Validation:
+    """Check one inbound payload against SPEC 2-4."""
+    try:
+        document = decode(payload, rules)
+    except ValueError as bad:
+        return Validation(None, None, message_errors=(FieldError(None, "", str(bad)),))
+    if not isinstance(document, dict):
+        return Validation(None, None, message_errors=(FieldError(None, "", "not a JSON object"),))
+    return validate_document(document, rules, customization=customization)
+
+
+def validate_document(document: dict[str, Any], rules: Rules, *, customization: bool) -> Validation:
+    """Check a parsed envelope: the operations it holds and every record of each."""
+    envelope_errors: list[FieldError] = []
+    msg_id = _check_msg_id(document, envelope_errors)
+    report_ts = _check_report_ts(document, rules, envelope_errors)
+    _check_profile(document.get("profile"), rules, envelope_errors)
+
+    events = document.get("events")
+    if not isinstance(events, dict):
+        reason = "required" if events is None else "must be an object"
+        return Validation(msg_id, report_ts, message_errors=(FieldError(None, "events", reason),))
+    message_errors: list[FieldError] = []
+    ops: list[OpResult] = []
+    for key, body in events.items():
+        try:
+            op = Op(key)
+        except ValueError:
+            message_errors.append(FieldError(None, f"events.{key}", "unknown operation"))
+            continue
+        ops.append(_check_op(op, body, envelope_errors, rules, customization))
+    if not ops and not message_errors:
+        message_errors.append(FieldError(None, "events", "holds no operation"))
+    return Validation(msg_id, report_ts, tuple(ops), tuple(message_errors))
+
+
+def _check_msg_id(document: dict[str, Any], errors: list[FieldError]) -> str | None:
+    msg_id = document.get("msgId")
+    if msg_id is None:
+        return None
+    if not isinstance(msg_id, str) or not msg_id:
+        errors.append(FieldError(None, "msgId", "must be a non-empty string"))
+        return None
+    if len(msg_id) > MSG_ID_MAX:
+        errors.append(FieldError(None, "msgId", f"longer than {MSG_ID_MAX} characters"))
+        return None
+    return msg_id
+
+
+def _check_report_ts(
+    document: dict[str, Any], rules: Rules, errors: list[FieldError]
+) -> int | None:
+    if "reportTs" not in document or document["reportTs"] is None:
+        errors.append(FieldError(None, "reportTs", "required"))
+        return None
+    try:
+        value = as_int(document["reportTs"], rules.strict)
+    except InvalidValue as bad:
+        errors.append(FieldError(None, "reportTs", bad.reason))
+        return None
+    if value <= 0:
+        errors.append(FieldError(None, "reportTs", "must be a positive epoch"))
+        return None
+    if rules.strict and len(str(value)) not in (10, 13):
+        errors.append(FieldError(None, "reportTs", "must be epoch seconds or milliseconds"))
+        return None
+    return value
+
+
+def _check_profile(profile: object, rules: Rules, errors: list[FieldError]) -> None:
+    if not isinstance(profile, dict):
+        reason = "required" if profile is None else "must be an object"
+        errors.append(FieldError(None, "profile", reason))
+        return
+    for key, expected in PROFILE.items():
+        value = profile.get(key)
+        if isinstance(expected, int) and not rules.strict and isinstance(value, str):
+            with contextlib.suppress(InvalidValue):
+                value = as_int(value, strict=False)
+        if value != expected or isinstance(value, bool):
+            errors.append(FieldError(None, f"profile.{key}", f"must be {expected!r}"))
+
+
+def _check_op(
+    op: Op,
+    body: object,
+    envelope_errors: list[FieldError],
+    rules: Rules,
+    customization: bool,
+) -> OpResult:
+    base = f"events.{op}"
+    errors = list(envelope_errors)
+    records: list[Any] = []
+    event_ts: int | None = None
+    if not isinstance(body, dict):
+        errors.append(FieldError(None, base, "must be an object"))
+        return OpResult(op, None, (), (), tuple(errors))
+    event_ts = _check_event_ts(body, base, rules, errors)
+    event_type = body.get("eventType")
+    try:
+        if event_type is None or as_int(event_type, rules.strict) != 1:
+            errors.append(FieldError(None, f"{base}.eventType", "must be 1"))
+    except InvalidValue:
+        errors.append(FieldError(None, f"{base}.eventType", "must be 1"))
+    customer_list = body.get("customerList")
+    if isinstance(customer_list, list):
+        records = customer_list
+        if not records:
+            errors.append(FieldError(None, f"{base}.customerList", "must not be empty"))
+        elif len(records) > rules.max_batch:
+            errors.append(
+                FieldError(None, f"{base}.customerList", f"more than {rules.max_batch} records")
+            )
+    else:
+        reason = "required" if customer_list is None else "must be a list"
+        errors.append(FieldError(None, f"{base}.customerList", reason))
+
+    if errors:
+        # An envelope fault fails every record of the operation, as received.
+        return OpResult(op, event_ts, (), tuple(records), tuple(errors))
+
+    accepted: list[dict[str, Any]] = []
+    rejected: list[Any] = []
+    for index, raw in enumerate(records):
+        record, problems = check_record(raw, op, strict=rules.strict, customization=customization)
+        if record is None:
+            rejected.append(raw)
+            errors.extend(FieldError(index, p.field, p.reason) for p in problems)
+        else:
+            accepted.append(record)
+    return OpResult(op, event_ts, tuple(accepted), tuple(rejected), tuple(errors))
+
+
+def _check_event_ts(
+    body: dict[str, Any], base: str, rules: Rules, errors: list[FieldError]
+) -> int | None:
+    path = f"{base}.eventTs"
+    value = body.get("eventTs")
+    if value is None:
+        errors.append(FieldError(None, path, "required"))
+        return None
+    if not rules.strict and isinstance(value, str) and _DATE_TIME.fullmatch(value):
+        try:
+            moment = datetime.strptime(value, "%Y-%m-%d %H:%M:%S").replace(tzinfo=rules.zone)
+        except ValueError:
+            errors.append(FieldError(None, path, "not a valid date and time"))
+            return None
+        return int(moment.timestamp() * 1000)
+    try:
+        number = as_int(value, rules.strict)
+    except InvalidValue:
+        errors.append(FieldError(None, path, "must be epoch milliseconds"))
+        return None
+    if number <= 0:
+        errors.append(FieldError(None, path, "must be a positive epoch"))
+        return None
+    if rules.strict and len(str(number)) != 13:
+        errors.append(FieldError(None, path, "must be 13-digit epoch milliseconds"))
+        return None
+    return number
+
+
+__all__ = [
+    "FIELDS",
+    "PROFILE",
+    "FieldError",
+    "Mode",
+    "OpResult",
+    "Rules",
+    "Validation",
+    "decode",
+    "validate",
+    "validate_document",
+]
