@@ -65,8 +65,8 @@ class Pipeline:
     ) -> None:
         self.rules = rules
         self.selection = selection
-        self._now_ms = now_ms
-        self._new_id = new_id
+        self.now_ms = now_ms
+        self.new_id = new_id
 
     def process(self, topic: str, payload: bytes) -> Outcome:
         """Decide what one message becomes. Never raises for any topic or payload."""
@@ -87,7 +87,7 @@ class Pipeline:
         raised: list[Alarm] = []
         errors: list[FieldError] = list(result.message_errors)
         rejected = 0
-        now = self._now_ms()
+        now = self.now_ms()
         if result.message_errors:
             raised.append(
                 alarms.build(
@@ -99,7 +99,7 @@ class Pipeline:
                     errors=result.message_errors,
                     source_msg_id=result.msg_id,
                     now_ms=now,
-                    alarm_id=self._new_id(),
+                    alarm_id=self.new_id(),
                 )
             )
         for op in result.ops:
@@ -122,7 +122,7 @@ class Pipeline:
                         errors=op.errors,
                         source_msg_id=result.msg_id,
                         now_ms=now,
-                        alarm_id=self._new_id(),
+                        alarm_id=self.new_id(),
                     )
                 )
         return Outcome(

@@ -1,0 +1,226 @@
+"""The YAML configuration: frozen models that reject unknown keys, and one load function."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bridge.errors import ConfigError
+from bridge.sinks import SinkConfig
+from bridge.topics import ANY, Selection
+from bridge.validate import Mode, Rules
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ReconnectConfig(_Model):
+    """Capped exponential backoff between connection attempts, in seconds."""
+
+    min_delay: int = Field(default=1, ge=1)
+    max_delay: int = Field(default=60, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReconnectConfig:
+        if self.max_delay < self.min_delay:
+            raise ValueError("max_delay must be at least min_delay")
+        return self
+
+
+class BrokerConfig(_Model):
+    """Where the broker is and how the session is kept.
+
+    `embedded: true` starts the bundled amqtt broker on host:port first (demo and
+    development; it speaks MQTT 3.1.1 only and does not keep queued messages for
+    offline sessions, so production uses a real broker such as mosquitto).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=0, le=65535)
+    protocol: Literal["5", "3.1.1"] = "5"
+    client_id: str = Field(default="customer-bridge", min_length=1, max_length=128)
+    session_expiry: int = Field(default=7 * 24 * 3600, ge=0)
+    keepalive: int = Field(default=30, ge=5, le=65535)
+    receive_maximum: int = Field(default=20, ge=1, le=65535)
+    publish_timeout: float = Field(default=10.0, gt=0)
+    username: str | None = None
+    password: str | None = None
+    reconnect: ReconnectConfig = ReconnectConfig()
+    embedded: bool = False
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int | float) else value
+
+    @model_validator(mode="after")
+    def _embedded_speaks_311(self) -> BrokerConfig:
+        if self.embedded and self.protocol != "3.1.1":
+            raise ValueError("the embedded broker speaks MQTT 3.1.1 only: set protocol: '3.1.1'")
+        return self
+
+
+class CustomizationConfig(_Model):
+    """Which customization topics to take: versions and vendors, `+` for any."""
+
+    enabled: bool = True
+    versions: tuple[str, ...] = (ANY,)
+    vendors: tuple[str, ...] = (ANY,)
+
+
+class SubscriptionConfig(_Model):
+    """Which inbound topics to subscribe to; each list may be literal values or `+`."""
+
+    tenants: tuple[str, ...] = (ANY,)
+    projects: tuple[str, ...] = (ANY,)
+    standard: bool = True
+    customization: CustomizationConfig = CustomizationConfig()
+    share_group: str | None = None
+
+    @field_validator("tenants", "projects", mode="before")
+    @classmethod
+    def _scalars_to_lists(cls, value: object) -> object:
+        return [value] if isinstance(value, str | int) else value
+
+    @field_validator("projects", mode="before")
+    @classmethod
+    def _project_ids_as_text(cls, value: object) -> object:
+        if isinstance(value, list | tuple):
+            return [str(item) if isinstance(item, int) else item for item in value]
+        return value
+
+    def selection(self) -> Selection:
+        """The topic selection these settings describe."""
+        return Selection(
+            tenants=self.tenants,
+            projects=self.projects,
+            standard=self.standard,
+            customization=self.customization.enabled,
+            versions=self.customization.versions,
+            vendors=self.customization.vendors,
+            share_group=self.share_group,
+        )
+
+    @model_validator(mode="after")
+    def _valid_selection(self) -> SubscriptionConfig:
+        self.selection()
+        return self
+
+
+class ValidationConfig(_Model):
+    """Validation mode and payload limits (SPEC 2 and 3)."""
+
+    mode: Mode = Mode.LENIENT
+    timezone: str = "Asia/Shanghai"
+    max_batch: int = Field(default=1000, ge=1)
+    max_payload_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_depth: int = Field(default=32, ge=4, le=256)
+
+    def rules(self) -> Rules:
+        """The validation rules these settings describe."""
+        return Rules(
+            mode=self.mode,
+            timezone=self.timezone,
+            max_batch=self.max_batch,
+            max_payload_bytes=self.max_payload_bytes,
+            max_depth=self.max_depth,
+        )
+
+    @model_validator(mode="after")
+    def _known_timezone(self) -> ValidationConfig:
+        try:
+            self.rules()
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {self.timezone!r}") from exc
+        return self
+
+
+class DeliveryConfig(_Model):
+    """Retries of a sink that fails: capped exponential backoff with full jitter."""
+
+    max_attempts: int = Field(default=8, ge=1)
+    initial_backoff: float = Field(default=0.5, gt=0)
+    max_backoff: float = Field(default=30.0, gt=0)
+    alarm_on_give_up: bool = True
+
+
+class LoggingConfig(_Model):
+    """Log level and format; `auto` is JSON unless stdout is a terminal."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+    redact: bool = True
+
+
+class Config(_Model):
+    """The whole configuration file."""
+
+    broker: BrokerConfig = BrokerConfig()
+    subscription: SubscriptionConfig = SubscriptionConfig()
+    validation: ValidationConfig = ValidationConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    sinks: tuple[SinkConfig, ...] = Field(min_length=1)
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _unique_sink_names(self) -> Config:
+        names = [sink.name for sink in self.sinks if sink.name]
+        if len(names) != len(set(names)):
+            raise ValueError("sink names must be unique")
+        return self
+
+
+def _path_of(location: tuple[int | str, ...], document: Any) -> str:
+    """Turn a pydantic error location into a YAML path like `sinks[0].path`.
+
+    Discriminated unions add the tag (`jsonl`) to the location; it is skipped by
+    walking the document alongside.
+    """
+    parts: list[str] = []
+    node = document
+    for item in location:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+            node = node[item] if isinstance(node, list) and item < len(node) else None
+        elif isinstance(node, dict) or node is None:
+            if isinstance(node, dict) and item not in node and item == node.get("type"):
+                continue  # the union's tag, not a key
+            parts.append(f".{item}" if parts else str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts)
+
+
+def parse(document: object, source: str = "config") -> Config:
+    """Validate a parsed YAML document; ConfigError names the first wrong path."""
+    if not isinstance(document, dict):
+        raise ConfigError("", f"{source}: the top level must be a mapping")
+    try:
+        return Config.model_validate(document)
+    except ValidationError as exc:
+        errors = exc.errors()
+        # A sink that fails validation also leaves the list "too short": say the cause only.
+        causes = [e for e in errors if e["type"] != "too_short"] or errors
+        first = causes[0]
+        path = _path_of(tuple(first["loc"]), document)
+        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        more = len(causes) - 1
+        if more:
+            message += f" (and {more} more problem{'s' if more > 1 else ''})"
+        raise ConfigError(path, message) from None
+
+
+def load(path: Path) -> Config:
+    """Read and validate a YAML config file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{path} is not valid YAML: {exc}") from None
+    return parse(document, str(path))

@@ -1,0 +1,88 @@
+"""Structured logging: JSON lines for journald, console output on a terminal, personal data masked.
+
+Log to stdout and let journald (or the container runtime) do the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+MASKED_KEYS = frozenset({"phone", "idNumber", "contractPhone", "email"})
+DROPPED_KEYS = frozenset({"facePhoto"})
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+_LEVELS["error"] = logging.ERROR
+
+
+def mask(value: object) -> str:
+    """Hide a personal value, keeping at most its last two characters as a hint."""
+    text = str(value)
+    if len(text) <= 4:
+        return "***"
+    return "*" * (len(text) - 2) + text[-2:]
+
+
+def redact(value: Any) -> Any:
+    """A copy of `value` with personal fields masked or dropped, at any depth."""
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if key in DROPPED_KEYS:
+                continue
+            if key in MASKED_KEYS and item is not None:
+                out[key] = mask(item)
+            else:
+                out[key] = redact(item)
+        return out
+    if isinstance(value, list | tuple):
+        return [redact(item) for item in value]
+    return value
+
+
+def redact_processor(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor applying `redact` to every field of an event."""
+    return redact(event_dict)  # type: ignore[no-any-return]
+
+
+def configure(
+    level: str = "info",
+    fmt: str = "auto",
+    *,
+    redact_personal: bool = True,
+    stream: TextIO | None = None,
+) -> None:
+    """Configure structlog once for the process."""
+    out = stream or sys.stdout
+    console = fmt == "console" or (fmt == "auto" and out.isatty())
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if redact_personal:
+        processors.append(redact_processor)
+    if console:
+        processors.append(structlog.dev.ConsoleRenderer(colors=False))
+    else:
+        processors += [
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(ensure_ascii=False),
+        ]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(**fields: Any) -> structlog.typing.FilteringBoundLogger:
+    """The bridge's logger, with `fields` bound."""
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger("bridge")
+    return logger.bind(**fields) if fields else logger

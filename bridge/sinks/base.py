@@ -1,0 +1,74 @@
+"""What every sink shares: the Sink protocol, routing, and the base of each sink's config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field
+
+from bridge.events import DownstreamEvent
+from bridge.records import Op
+from bridge.topics import TopicKind
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """A downstream system. `send` takes a batch whole or raises `SinkError`.
+
+    A `SinkError(permanent=True)` means a retry cannot help (the delivery layer
+    gives up at once); any other exception is treated as transient.
+    """
+
+    name: str
+
+    def send(self, events: Sequence[DownstreamEvent]) -> None:
+        """Hand a batch of events to the downstream system."""
+
+    def close(self) -> None:
+        """Release what the sink holds (files, connections)."""
+
+
+Publish = Callable[[str, bytes, int, bool], None]
+"""Publish (topic, payload, qos, retain) on the bridge's broker connection, waiting for the ack."""
+
+
+@dataclass(frozen=True, slots=True)
+class SinkContext:
+    """What the runtime lends a sink when building it."""
+
+    publish: Publish
+    logger: structlog.typing.FilteringBoundLogger
+
+
+class Route(BaseModel):
+    """Which events a sink receives; an absent list means any."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ops: tuple[Op, ...] | None = None
+    tenants: tuple[str, ...] | None = None
+    projects: tuple[str, ...] | None = None
+    kinds: tuple[TopicKind, ...] | None = None
+    vendors: tuple[str, ...] | None = None
+
+    def matches(self, event: DownstreamEvent) -> bool:
+        """Whether this route lets `event` through."""
+        return (
+            (self.ops is None or event.op in self.ops)
+            and (self.tenants is None or event.tenant in self.tenants)
+            and (self.projects is None or event.project_id in self.projects)
+            and (self.kinds is None or event.kind in self.kinds)
+            and (self.vendors is None or event.vendor in self.vendors)
+        )
+
+
+class SinkConfigBase(BaseModel):
+    """Settings every sink has: an optional name and a route."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=64)
+    route: Route = Route()

@@ -1,0 +1,65 @@
+"""The JSON-lines file sink: one SPEC 7 object per record per line, flushed per batch."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Literal
+
+from bridge.errors import SinkError
+from bridge.events import DownstreamEvent
+from bridge.sinks.base import SinkConfigBase, SinkContext
+
+
+class JsonlConfig(SinkConfigBase):
+    """`type: jsonl`: append to `path`; `fsync: true` also forces each batch to disk."""
+
+    type: Literal["jsonl"]
+    path: Path
+    fsync: bool = False
+
+    def build(self, context: SinkContext) -> JsonlSink:
+        """Open the file for appending."""
+        return JsonlSink(self.name or f"jsonl:{self.path}", self.path, fsync=self.fsync)
+
+
+class JsonlSink:
+    """Appends events to a file, one JSON object a line."""
+
+    def __init__(self, name: str, path: Path, *, fsync: bool = False) -> None:
+        self.name = name
+        self.path = path
+        self._fsync = fsync
+        self._file: IO[str] | None = None
+
+    def _open(self) -> IO[str]:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a", encoding="utf-8")
+        return self._file
+
+    def send(self, events: Sequence[DownstreamEvent]) -> None:
+        """Write and flush the batch; an OS error is transient (the disk may come back)."""
+        lines = "".join(
+            json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":")) + "\n"
+            for event in events
+        )
+        try:
+            handle = self._open()
+            handle.write(lines)
+            handle.flush()
+            if self._fsync:
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            self.close()
+            raise SinkError(f"cannot write {self.path}: {exc.strerror}") from None
+
+    def close(self) -> None:
+        """Close the file; the next batch reopens it."""
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None

@@ -1,0 +1,65 @@
+"""The Python handler sink: an operator's own class, loaded by `package.module:Class`."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import Field
+
+from bridge.errors import ConfigError, SinkError
+from bridge.events import DownstreamEvent
+from bridge.sinks.base import SinkConfigBase, SinkContext
+
+_IMPORT_PATH = r"[A-Za-z_][\w.]*:[A-Za-z_]\w*"
+
+
+class PythonConfig(SinkConfigBase):
+    """`type: python`: `handler` is `package.module:Class`; `options` go to its constructor.
+
+    The class needs `send(events)`, taking a list of `DownstreamEvent` (each has
+    `to_dict()`); `close()` is optional. Raise `bridge.errors.SinkError` with
+    `permanent=True` for a batch that can never be taken; any other exception
+    is retried.
+    """
+
+    type: Literal["python"]
+    handler: str = Field(pattern=_IMPORT_PATH)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def build(self, context: SinkContext) -> PythonSink:
+        """Import the class and instantiate it with `options`."""
+        module_name, _, class_name = self.handler.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+            factory = getattr(module, class_name)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError("sinks.handler", f"cannot import {self.handler}: {exc}") from None
+        handler = factory(**self.options)
+        if not callable(getattr(handler, "send", None)):
+            raise ConfigError("sinks.handler", f"{self.handler} has no send(events) method")
+        return PythonSink(self.name or self.handler, handler)
+
+
+class PythonSink:
+    """Calls the operator's handler; its exceptions become transient SinkErrors."""
+
+    def __init__(self, name: str, handler: Any) -> None:
+        self.name = name
+        self._handler = handler
+
+    def send(self, events: Sequence[DownstreamEvent]) -> None:
+        """Pass the batch to the handler."""
+        try:
+            self._handler.send(list(events))
+        except SinkError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the operator's code may raise anything
+            raise SinkError(f"handler raised {type(exc).__name__}") from None
+
+    def close(self) -> None:
+        """Call the handler's close() if it has one."""
+        close = getattr(self._handler, "close", None)
+        if callable(close):
+            close()
