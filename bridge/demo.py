@@ -1,0 +1,181 @@
+"""`bridge demo`: the bridge on the embedded broker, fed with sample traffic a newcomer can watch.
+
+A stand-in for the platform publishes valid and invalid envelopes (the source
+document's samples among them); the demo prints what the bridge forwarded (via
+its mqtt republish sink) and the alarms it published, with personal data masked.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from paho.mqtt.client import Client, MQTTMessage
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bridge import config, logs
+from bridge.errors import BrokerError
+from bridge.runtime import Bridge
+
+TENANT = "demo-tenant"
+PROJECT = "1001"
+STANDARD = f"{TENANT}/proj_{PROJECT}/v1-business-model-customer"
+CUSTOM = f"{TENANT}/proj_{PROJECT}/v2-customization-海康威视-customer"
+FORWARDED = "demo/forwarded/{tenant}/{op}"
+_PROFILE = {"poiCode": "s0140001", "appType": "customer", "modelId": 140001}
+_NAMES = ["李雷", "韩梅梅", "王芳", "张伟", "Chen Jing", "Liu Yang"]
+
+
+def _sample(name: str) -> bytes:
+    return resources.files("bridge").joinpath("samples", name).read_bytes()
+
+
+def _customer(rng: random.Random) -> dict[str, Any]:
+    return {
+        "id": f"c-{rng.randrange(10**6):06d}",
+        "projectId": PROJECT,
+        "name": rng.choice(_NAMES),
+        "phone": f"13{rng.randrange(10**9):09d}",
+        "sex": rng.choice([0, 1, 2]),
+        "age": rng.randrange(18, 80),
+        "email": "someone@example.com",
+    }
+
+
+def _envelope(op: str, records: list[dict[str, Any]]) -> bytes:
+    now = time.time_ns() // 1_000_000
+    document = {
+        "msgId": str(uuid.uuid4()),
+        "reportTs": now,
+        "profile": _PROFILE,
+        "events": {op: {"eventTs": now, "eventType": 1, "customerList": records}},
+    }
+    return json.dumps(document, ensure_ascii=False).encode()
+
+
+def traffic(rng: random.Random) -> Iterator[tuple[str, str, bytes]]:
+    """One round of demo traffic: (what it is, topic, payload)."""
+    yield "a valid add", STANDARD, _envelope("add", [_customer(rng)])
+    yield "a valid edit from vendor 海康威视", CUSTOM, _envelope("edit", [_customer(rng)])
+    bad = dict(_customer(rng), phone="1380013800012345678")
+    yield (
+        "a batch of three, one phone too long",
+        STANDARD,
+        _envelope("add", [_customer(rng), bad, _customer(rng)]),
+    )
+    yield "the documented add sample (age is text)", STANDARD, _sample("standard-add.json")
+    yield "the documented delete sample", STANDARD, _sample("standard-delete.json")
+    yield "the documented customization delete", CUSTOM, _sample("customization-delete.json")
+    yield "a payload that is not JSON", STANDARD, b"this is not json"
+
+
+class _Watcher:
+    """Subscribes to what the bridge forwards and to the error topics, and prints both."""
+
+    def __init__(self, port: int) -> None:
+        self.seen = 0
+        self._lock = threading.Lock()
+        self.client = Client(CallbackAPIVersion.VERSION2, client_id=f"demo-watch-{uuid.uuid4()}")
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe([("demo/forwarded/#", 1), ("+/+/+", 1)])
+        self.client.loop_start()
+
+    def _on_message(self, _client: Client, _userdata: Any, message: MQTTMessage) -> None:
+        try:
+            if message.topic.startswith("demo/forwarded/"):
+                event = json.loads(message.payload)
+                shown = logs.redact(event["customer"])
+                print(f"    forwarded {event['op']:<6} {json.dumps(shown, ensure_ascii=False)}")
+            elif message.topic.endswith("-error-customer"):
+                alarm = json.loads(message.payload)
+                for key, body in alarm["events"].items():
+                    print(
+                        f"    ALARM {body['status']} code {body['code']} on {message.topic}\n"
+                        f"          {key}: {body['msg']} ({len(body['customerList'])} record(s))"
+                    )
+            else:
+                return
+            with self._lock:
+                self.seen += 1
+        except Exception:  # noqa: BLE001 - the demo's printer must not kill paho's loop
+            print("    (could not show a message)")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _free_port() -> int:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_demo(*, port: int, rounds: int, interval: float, out: Path) -> int:
+    """Run the demo; `rounds=0` keeps going until Ctrl-C."""
+    port = port or _free_port()
+    jsonl = out / "customers.jsonl"
+    cfg = config.parse(
+        {
+            "broker": {
+                "embedded": True,
+                "port": port,
+                "protocol": "3.1.1",
+                "client_id": "customer-bridge-demo",
+            },
+            "sinks": [
+                {"type": "jsonl", "name": "file", "path": str(jsonl)},
+                {"type": "mqtt", "name": "republish", "topic": FORWARDED},
+            ],
+            "logging": {"level": "warning", "format": "console"},
+        }
+    )
+    logs.configure("warning", "console")
+    bridge = Bridge(cfg, logs.get_logger())
+    print(f"bridge demo: embedded MQTT broker on 127.0.0.1:{port}")
+    print(f"  subscribed to {cfg.subscription.selection().filters()}; records also go to {jsonl}")
+    bridge.start()
+    watcher: _Watcher | None = None
+    try:
+        if not bridge.wait_ready(15):
+            raise BrokerError("the bridge did not subscribe within 15 s")
+        watcher = _Watcher(port)
+        platform = Client(CallbackAPIVersion.VERSION2, client_id=f"demo-platform-{uuid.uuid4()}")
+        platform.connect("127.0.0.1", port)
+        platform.loop_start()
+        rng = random.Random()  # noqa: S311 - sample data, not secrets
+        done = 0
+        while rounds == 0 or done < rounds:
+            done += 1
+            print(f"\nround {done}")
+            for what, topic, payload in traffic(rng):
+                print(f"  platform publishes {what}\n    on {topic}")
+                platform.publish(topic, payload, qos=1).wait_for_publish(5)
+                time.sleep(0.3)  # let the output of one message print before the next
+            if rounds == 0 or done < rounds:
+                time.sleep(interval)
+        time.sleep(1.0)
+        platform.disconnect()
+        platform.loop_stop()
+    except KeyboardInterrupt:
+        print("\ninterrupted")
+    finally:
+        if watcher is not None:
+            watcher.close()
+        bridge.stop()
+    stats = bridge.summary()
+    print(
+        f"\nbridge summary: received {stats['received']}, forwarded {stats['forwarded']} "
+        f"record(s), rejected {stats['rejected']}, alarms {stats['alarms']}"
+    )
+    return 0
