@@ -8,6 +8,8 @@ catches everything. Return codes become `BrokerError`s here.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +32,12 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.config import BrokerConfig
 from bridge.errors import BrokerError
+
+
+def _no_delay(_client: Client, _userdata: Any, sock: Any) -> None:
+    # Without TCP_NODELAY an ack or publish can wait ~40 ms for Nagle and delayed ACKs.
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +99,7 @@ class MqttClient:
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_socket_open = _no_delay
         return client
 
     @property
