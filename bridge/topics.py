@@ -57,7 +57,8 @@ def is_safe_segment(segment: str) -> bool:
 
 def is_valid_vendor(vendor: str) -> bool:
     """A vendor name the bridge accepts in config and on the wire (SPEC 1)."""
-    return is_safe_segment(vendor) and not vendor.endswith("-error")
+    # "error" itself would make the leaf end in "-error-customer", an error topic.
+    return is_safe_segment(vendor) and not f"-{vendor}".endswith("-error")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +118,8 @@ def parse(topic: str) -> ParsedTopic:
     if match is None:
         return _UNRECOGNISED
     version, vendor = match.group(1), match.group(2)
-    if vendor.endswith("-error"):
-        return _ERROR
+    if not is_valid_vendor(vendor):
+        return _ERROR if f"-{vendor}".endswith("-error") else _UNRECOGNISED
     return ParsedTopic(
         TopicRole.INBOUND,
         InboundTopic(topic, TopicKind.CUSTOMIZATION, tenant, project_id, version, vendor),
@@ -158,7 +159,7 @@ class Selection:
                 raise ValueError(f"versions: {version!r} is not 'v' followed by digits")
         for vendor in self.vendors:
             if vendor != ANY and not is_valid_vendor(vendor):
-                raise ValueError(f"vendors: {vendor!r} must not end in '-error'")
+                raise ValueError(f"vendors: {vendor!r} must not be or end in '-error'")
         if not (self.standard or self.customization):
             raise ValueError("at least one of standard and customization must be on")
         if self.share_group is not None and not _SHARE_GROUP.fullmatch(self.share_group):

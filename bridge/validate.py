@@ -17,6 +17,8 @@ from bridge.records import FIELDS, InvalidValue, Op, as_int, check_record
 PROFILE: dict[str, Any] = {"poiCode": "s0140001", "appType": "customer", "modelId": 140001}
 MSG_ID_MAX = 64
 _MAX_INT_DIGITS = 20
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _DATE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
 
 
@@ -105,6 +107,21 @@ def _parse_int(text: str) -> int:
     return int(text)
 
 
+def _has_surrogate(document: object) -> bool:
+    stack: list[object] = [document]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if _SURROGATE.search(node):
+                return True
+        elif isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
+
+
 def _depth_exceeds(document: object, limit: int) -> bool:
     stack: list[tuple[object, int]] = [(document, 1)]
     while stack:
@@ -144,6 +161,9 @@ def decode(payload: bytes, rules: Rules) -> object:
         raise ValueError("payload is not JSON") from None
     if _depth_exceeds(document, rules.max_depth):
         raise ValueError(f"JSON nested deeper than {rules.max_depth}")
+    # A \uD800-\uDFFF escape decodes to a lone surrogate that no sink can encode again.
+    if _SURROGATE_ESCAPE.search(payload) and _has_surrogate(document):
+        raise ValueError("payload holds a lone surrogate escape")
     return document
 
 
@@ -168,19 +188,28 @@ def validate_document(document: dict[str, Any], rules: Rules, *, customization: 
     events = document.get("events")
     if not isinstance(events, dict):
         reason = "required" if events is None else "must be an object"
-        return Validation(msg_id, report_ts, message_errors=(FieldError(None, "events", reason),))
+        faults = (*envelope_errors, FieldError(None, "events", reason))
+        return Validation(msg_id, report_ts, message_errors=faults)
     message_errors: list[FieldError] = []
     ops: list[OpResult] = []
     for key, body in events.items():
         try:
             op = Op(key)
         except ValueError:
-            message_errors.append(FieldError(None, f"events.{key}", "unknown operation"))
+            message_errors.append(FieldError(None, f"events.{_cap(key)}", "unknown operation"))
             continue
         ops.append(_check_op(op, body, envelope_errors, rules, customization))
-    if not ops and not message_errors:
-        message_errors.append(FieldError(None, "events", "holds no operation"))
+    if not ops:
+        # No operation to carry the envelope's faults: the unknown_error alarm names them.
+        if not message_errors:
+            message_errors.append(FieldError(None, "events", "holds no operation"))
+        message_errors[:0] = envelope_errors
     return Validation(msg_id, report_ts, tuple(ops), tuple(message_errors))
+
+
+def _cap(key: str, limit: int = 64) -> str:
+    """An unknown key as it may appear in a field path: at most `limit` characters."""
+    return key if len(key) <= limit else key[: limit - 1] + "…"
 
 
 def _check_msg_id(document: dict[str, Any], errors: list[FieldError]) -> str | None:
