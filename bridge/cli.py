@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from bridge import __version__, config, logs
-from bridge.errors import BridgeError, ConfigError
+from bridge.errors import BridgeError, BrokerError, ConfigError
 from bridge.pipeline import Disposition, Pipeline
+from bridge.sinks import SinkContext, build_sinks
 from bridge.topics import Selection
 from bridge.validate import Mode, Rules
 
@@ -82,8 +83,16 @@ def _run(path: Path) -> int:
     return Bridge(cfg, logs.get_logger()).run()
 
 
+def _no_publish(_topic: str, _payload: bytes, _qos: int, _retain: bool) -> None:
+    raise BrokerError("check-config does not connect to the broker")
+
+
 def _check_config(path: Path) -> int:
     cfg = config.load(path)
+    # Build the sinks as `run` would (an operator's handler class is imported and made).
+    context = SinkContext(publish=_no_publish, logger=logs.get_logger())
+    for sink in build_sinks(cfg.sinks, context):
+        sink.close()
     shown = cfg.model_dump(mode="json")
     broker = shown["broker"]
     if broker.get("password") is not None:

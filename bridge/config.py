@@ -6,11 +6,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from bridge.errors import ConfigError
 from bridge.sinks import SinkConfig
-from bridge.topics import ANY, Selection
+from bridge.topics import ANY, Selection, check_segments, check_share_group
 from bridge.validate import Mode, Rules
 
 
@@ -71,6 +79,12 @@ class CustomizationConfig(_Model):
     versions: tuple[str, ...] = (ANY,)
     vendors: tuple[str, ...] = (ANY,)
 
+    @field_validator("versions", "vendors")
+    @classmethod
+    def _usable(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        check_segments(str(info.field_name), value)
+        return value
+
 
 class SubscriptionConfig(_Model):
     """Which inbound topics to subscribe to; each list may be literal values or `+`."""
@@ -80,6 +94,19 @@ class SubscriptionConfig(_Model):
     standard: bool = True
     customization: CustomizationConfig = CustomizationConfig()
     share_group: str | None = None
+
+    @field_validator("tenants", "projects")
+    @classmethod
+    def _usable(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        check_segments(str(info.field_name), value)
+        return value
+
+    @field_validator("share_group")
+    @classmethod
+    def _usable_group(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_share_group(value)
+        return value
 
     @field_validator("tenants", "projects", mode="before")
     @classmethod

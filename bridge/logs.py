@@ -5,6 +5,7 @@ Log to stdout and let journald (or the container runtime) do the rest.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from collections.abc import Mapping, MutableMapping
@@ -12,7 +13,7 @@ from typing import Any, TextIO
 
 import structlog
 
-MASKED_KEYS = frozenset({"phone", "idNumber", "contractPhone", "email"})
+MASKED_KEYS = frozenset({"phone", "idNumber", "contractPhone", "email", "address"})
 DROPPED_KEYS = frozenset({"facePhoto"})
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 _LEVELS["error"] = logging.ERROR
@@ -59,6 +60,11 @@ def configure(
 ) -> None:
     """Configure structlog once for the process."""
     out = stream or sys.stdout
+    reconfigure = getattr(out, "reconfigure", None)
+    if callable(reconfigure):
+        # A log line must never fail to encode (a Chinese vendor under an ASCII locale).
+        with contextlib.suppress(ValueError, OSError):
+            reconfigure(encoding="utf-8", errors="backslashreplace")
     console = fmt == "console" or (fmt == "auto" and out.isatty())
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -68,7 +74,12 @@ def configure(
     if redact_personal:
         processors.append(redact_processor)
     if console:
-        processors.append(structlog.dev.ConsoleRenderer(colors=False))
+        # Plain tracebacks: rich's would print local variables, personal data among them.
+        processors.append(
+            structlog.dev.ConsoleRenderer(
+                colors=False, exception_formatter=structlog.dev.plain_traceback
+            )
+        )
     else:
         processors += [
             structlog.processors.format_exc_info,

@@ -157,6 +157,7 @@ class MqttClient:
         except (ValueError, RuntimeError) as exc:
             raise BrokerError(f"publish failed: {exc}") from None
         if not info.is_published():
+            self._puback_reasons.pop(info.mid, None)
             raise BrokerError(f"no acknowledgement within {self._config.publish_timeout}s")
         reason = self._puback_reasons.pop(info.mid, None)
         if reason is not None and reason.is_failure:
@@ -268,5 +269,9 @@ class MqttClient:
         reason: ReasonCode,
         _properties: Properties,
     ) -> None:
-        if self._v5:
-            self._puback_reasons[mid] = reason
+        # Only refusals are kept (QoS 0 publishes report success here too, and nobody pops them).
+        try:
+            if self._v5 and reason.is_failure:
+                self._puback_reasons[mid] = reason
+        except Exception:  # noqa: BLE001 - must not reach paho's loop
+            self._log.exception("callback_failed", callback="on_publish")

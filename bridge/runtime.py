@@ -7,6 +7,7 @@ one customer reach each sink in order.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import signal
@@ -26,7 +27,7 @@ from bridge.delivery import Delivery, GiveUp, Interrupted, Target
 from bridge.errors import BrokerError
 from bridge.mqtt import InboundMessage, MqttClient
 from bridge.pipeline import Disposition, Outcome, Pipeline
-from bridge.sinks import SinkContext, build_sink
+from bridge.sinks import SinkContext, build_sinks
 
 DRAIN_TIMEOUT = 30.0
 
@@ -41,6 +42,7 @@ class Stats:
     alarms: Counter[str] = field(default_factory=Counter)
     ignored: Counter[str] = field(default_factory=Counter)
     unacked: int = 0
+    left_for_redelivery: int = 0
 
 
 class Bridge:
@@ -60,8 +62,9 @@ class Bridge:
         self.embedded: EmbeddedBroker | None = None
         self.mqtt = MqttClient(config.broker, selection.filters(), self._enqueue, self.log)
         context = SinkContext(publish=self.mqtt.publish, logger=self.log)
+        sinks = build_sinks(config.sinks, context)
         self.delivery = Delivery(
-            [Target(build_sink(sink, context), sink.route) for sink in config.sinks],
+            [Target(sink, entry.route) for sink, entry in zip(sinks, config.sinks, strict=True)],
             config.delivery,
             self.stopping,
             self.log,
@@ -137,6 +140,7 @@ class Bridge:
             "alarms": dict(self.stats.alarms),
             "ignored": dict(self.stats.ignored),
             "unacked": self.stats.unacked,
+            "left_for_redelivery": self.stats.left_for_redelivery,
         }
 
     # message path
@@ -144,7 +148,9 @@ class Bridge:
     def _enqueue(self, message: InboundMessage) -> None:
         # Runs on paho's thread. Once stopping, new messages are left unacknowledged:
         # the broker keeps them in the session and sends them again next time.
-        if not self.stopping.is_set():
+        if self.stopping.is_set():
+            self.stats.left_for_redelivery += 1
+        else:
             self._queue.put(message)
 
     def _work(self) -> None:
@@ -155,7 +161,8 @@ class Bridge:
             try:
                 self.handle(message)
             except Exception:  # the worker must outlive any one message
-                self.log.exception("message_failed", topic=message.topic)
+                with contextlib.suppress(Exception):  # even a log line that cannot be written
+                    self.log.exception("message_failed", topic=message.topic)
 
     def handle(self, message: InboundMessage) -> None:
         """Turn one message into its outcome, act on it, and acknowledge it once."""

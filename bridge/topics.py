@@ -147,23 +147,14 @@ class Selection:
     share_group: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("tenants", "projects", "versions", "vendors"):
-            values = getattr(self, name)
-            if not values:
-                raise ValueError(f"{name}: at least one value, or '+' for any")
-            for value in values:
-                if value != ANY and not is_safe_segment(value):
-                    raise ValueError(f"{name}: {value!r} is not a usable topic segment")
-        for version in self.versions:
-            if version != ANY and not _VERSION.fullmatch(version):
-                raise ValueError(f"versions: {version!r} is not 'v' followed by digits")
-        for vendor in self.vendors:
-            if vendor != ANY and not is_valid_vendor(vendor):
-                raise ValueError(f"vendors: {vendor!r} must not be or end in '-error'")
+        check_segments("tenants", self.tenants)
+        check_segments("projects", self.projects)
+        check_segments("versions", self.versions)
+        check_segments("vendors", self.vendors)
         if not (self.standard or self.customization):
             raise ValueError("at least one of standard and customization must be on")
-        if self.share_group is not None and not _SHARE_GROUP.fullmatch(self.share_group):
-            raise ValueError(f"share_group: {self.share_group!r} is not a usable group name")
+        if self.share_group is not None:
+            check_share_group(self.share_group)
 
     def accepts(self, inbound: InboundTopic) -> bool:
         """Whether a parsed inbound topic is one this selection takes."""
@@ -209,6 +200,27 @@ class Selection:
             for project in projects
             for leaf in _dedupe(leaves)
         ]
+
+
+def check_segments(name: str, values: Sequence[str]) -> None:
+    """ValueError unless `values` is a usable list of tenants, projects, versions or vendors."""
+    if not values:
+        raise ValueError(f"{name}: at least one value, or '+' for any")
+    for value in values:
+        if value == ANY:
+            continue
+        if not is_safe_segment(value):
+            raise ValueError(f"{name}: {value!r} is not a usable topic segment")
+        if name == "versions" and not _VERSION.fullmatch(value):
+            raise ValueError(f"{name}: {value!r} is not 'v' followed by digits")
+        if name == "vendors" and not is_valid_vendor(value):
+            raise ValueError(f"{name}: {value!r} must not be 'error' or end in '-error'")
+
+
+def check_share_group(group: str) -> None:
+    """ValueError unless `group` can name an MQTT shared subscription."""
+    if not _SHARE_GROUP.fullmatch(group):
+        raise ValueError(f"share_group: {group!r} is not a usable name (letters, digits, _ . -)")
 
 
 def _matches(allowed: Sequence[str], value: str) -> bool:

@@ -6,10 +6,12 @@ Adding a sink: a module with a `<Name>Config(SinkConfigBase)` holding a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
 from pydantic import Field
 
+from bridge.errors import ConfigError
 from bridge.sinks.base import Route, Sink, SinkConfigBase, SinkContext
 from bridge.sinks.jsonl import JsonlConfig
 from bridge.sinks.log import LogConfig
@@ -21,9 +23,34 @@ SinkConfig = Annotated[
     Field(discriminator="type"),
 ]
 
-__all__ = ["Route", "Sink", "SinkConfig", "SinkConfigBase", "SinkContext", "build_sink"]
+__all__ = [
+    "Route",
+    "Sink",
+    "SinkConfig",
+    "SinkConfigBase",
+    "SinkContext",
+    "build_sink",
+    "build_sinks",
+]
 
 
 def build_sink(config: SinkConfig, context: SinkContext) -> Sink:
     """Build the sink a config entry describes."""
     return config.build(context)
+
+
+def build_sinks(configs: Sequence[SinkConfig], context: SinkContext) -> list[Sink]:
+    """Build every sink; a ConfigError names the sink's place (`sinks[2].handler`)."""
+    built: list[Sink] = []
+    try:
+        for index, config in enumerate(configs):
+            try:
+                built.append(build_sink(config, context))
+            except ConfigError as exc:
+                path = f"sinks[{index}]" + (f".{exc.path}" if exc.path else "")
+                raise ConfigError(path, exc.message) from None
+    except ConfigError:
+        for sink in built:
+            sink.close()
+        raise
+    return built

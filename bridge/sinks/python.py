@@ -34,11 +34,18 @@ class PythonConfig(SinkConfigBase):
         try:
             module = importlib.import_module(module_name)
             factory = getattr(module, class_name)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError("sinks.handler", f"cannot import {self.handler}: {exc}") from None
-        handler = factory(**self.options)
+        except Exception as exc:  # noqa: BLE001 - any import failure is the config's fault
+            raise ConfigError(
+                "handler", f"cannot import {self.handler}: {type(exc).__name__}: {exc}"
+            ) from None
+        try:
+            handler = factory(**self.options)
+        except Exception as exc:  # noqa: BLE001 - e.g. options the class does not take
+            raise ConfigError(
+                "options", f"{self.handler} refused its options: {type(exc).__name__}: {exc}"
+            ) from None
         if not callable(getattr(handler, "send", None)):
-            raise ConfigError("sinks.handler", f"{self.handler} has no send(events) method")
+            raise ConfigError("handler", f"{self.handler} has no send(events) method")
         return PythonSink(self.name or self.handler, handler)
 
 
