@@ -54,6 +54,7 @@ class RepublishSink:
         self._template = template
         self._qos = qos
         self._retain = retain
+        self._used = [n for _, n, _, _ in string.Formatter().parse(template) if n is not None]
 
     def topic_for(self, event: DownstreamEvent) -> str:
         """The topic an event goes to; SinkError if a value could break the topic."""
@@ -66,8 +67,7 @@ class RepublishSink:
             "vendor": event.vendor or "",
             "id": event.customer_id,
         }
-        used = {n for _, n, _, _ in string.Formatter().parse(self._template) if n is not None}
-        for name in used:
+        for name in self._used:
             if not is_safe_segment(values[name]):
                 raise SinkError(f"{name} is not usable in a topic", permanent=True)
         return self._template.format(**values)
