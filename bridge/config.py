@@ -167,12 +167,28 @@ class ValidationConfig(_Model):
 
 
 class DeliveryConfig(_Model):
-    """Retries of a sink that fails: capped exponential backoff with full jitter."""
+    """Retries of a sink that fails: capped exponential backoff with full jitter.
 
-    max_attempts: int = Field(default=8, ge=1)
+    A record goes to the dead letters after `max_attempts` tries (none: no limit)
+    or once it has waited `max_age` seconds, whichever comes first.
+    """
+
+    max_attempts: int | None = Field(default=None, ge=1)
+    max_age: float = Field(default=24 * 3600.0, gt=0)
     initial_backoff: float = Field(default=0.5, gt=0)
     max_backoff: float = Field(default=30.0, gt=0)
     alarm_on_give_up: bool = True
+
+
+class SpoolConfig(_Model):
+    """The on-disk outbox, de-duplication window and dead letters (SQLite)."""
+
+    path: Path = Path("state/spool.db")
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    max_pending: int = Field(default=1_000_000, ge=1)
+    intake_batch: int = Field(default=200, ge=1)
+    dedup_max_keys: int = Field(default=1_000_000, ge=1)
+    dedup_max_age: float = Field(default=8 * 24 * 3600.0, gt=0)
 
 
 class LoggingConfig(_Model):
@@ -190,6 +206,7 @@ class Config(_Model):
     subscription: SubscriptionConfig = SubscriptionConfig()
     validation: ValidationConfig = ValidationConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    spool: SpoolConfig = SpoolConfig()
     sinks: tuple[SinkConfig, ...] = Field(min_length=1)
     logging: LoggingConfig = LoggingConfig()
 

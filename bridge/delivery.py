@@ -1,44 +1,40 @@
-"""Hand forwarded events to every routed sink, retrying transient failures with backoff.
+"""Delivery workers: one thread per sink (and one for alarms) draining the spool's outbox.
 
-This first version delivers in the worker thread, so a retrying sink holds the
-stream (back-pressure: nothing is acknowledged meanwhile) and ordering per
-customer follows from arrival order.
+Each worker takes the oldest rows its target may send now, hands them over, and
+deletes them once taken. A transient failure schedules a retry with capped
+exponential backoff and full jitter; the customer's later rows wait behind it
+while other customers keep flowing. A permanent failure, or a row past its
+attempts or age, goes to the dead letters and raises a code-502 alarm.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
 
+from bridge import alarms
 from bridge.config import DeliveryConfig
-from bridge.errors import BridgeError, SinkError
+from bridge.errors import BrokerError, PublishRefused, SinkError
 from bridge.events import DownstreamEvent
 from bridge.sinks import Route, Sink
+from bridge.spool import ALARMS, NewRow, Row, Spool, SpoolError
 
-
-class Interrupted(BridgeError):
-    """Delivery was abandoned because the bridge is stopping; do not acknowledge."""
+Publish = Callable[[str, bytes, int, bool], None]
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """A sink with the route that feeds it."""
+    """A sink with the route that feeds it and its batch size."""
 
     sink: Sink
     route: Route
-
-
-@dataclass(frozen=True, slots=True)
-class GiveUp:
-    """A sink gave up on these events (permanent rejection, or retries exhausted)."""
-
-    sink: str
-    events: tuple[DownstreamEvent, ...]
-    reason: str
+    batch_size: int = 100
 
 
 def backoff(attempt: int, config: DeliveryConfig, rand: Callable[[], float]) -> float:
@@ -47,63 +43,175 @@ def backoff(attempt: int, config: DeliveryConfig, rand: Callable[[], float]) -> 
     return ceiling * rand()
 
 
-class Delivery:
-    """Delivers the forwarded events of one message to every sink whose route takes them."""
+def ordering_key(event: DownstreamEvent) -> str:
+    """The outbox ordering key of an event: tenant, project and customer id."""
+    return json.dumps([event.tenant, event.project_id, event.customer_id], ensure_ascii=False)
+
+
+def event_row(target: str, event: DownstreamEvent) -> NewRow:
+    """The outbox row that carries `event` to `target`."""
+    body = json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":"))
+    return NewRow(target, ordering_key(event), body)
+
+
+def alarm_row(alarm: alarms.Alarm) -> NewRow:
+    """The outbox row of an alarm; alarms keep one order among themselves."""
+    body = json.dumps(
+        {"topic": alarm.topic, "payload": alarm.payload}, ensure_ascii=False, separators=(",", ":")
+    )
+    return NewRow(ALARMS, "", body)
+
+
+class Worker:
+    """Drains one target of the outbox on its own thread."""
 
     def __init__(
         self,
-        targets: Sequence[Target],
+        name: str,
+        send: Callable[[Sequence[Row]], None],
+        spool: Spool,
         config: DeliveryConfig,
         stopping: threading.Event,
         logger: structlog.typing.FilteringBoundLogger,
+        *,
+        batch_size: int,
+        gave_up: Callable[[Sequence[Row], str], list[NewRow]],
+        kind: str,
         rand: Callable[[], float] = random.random,
     ) -> None:
-        self.targets = list(targets)
+        self.name = name
+        self._send = send
+        self._spool = spool
         self._config = config
         self._stopping = stopping
-        self._log = logger
+        self._log = logger.bind(sink=name)
+        self._batch_size = batch_size
+        self._gave_up = gave_up
+        self._kind = kind
         self._rand = rand
+        self.delivered = 0
+        self.retries = 0
+        self.dead = 0
+        self._thread = threading.Thread(target=self._run, name=f"deliver-{name}", daemon=True)
 
-    def deliver(self, events: Sequence[DownstreamEvent]) -> list[GiveUp]:
-        """Deliver; return what sinks gave up on. Raises Interrupted when stopping mid-retry."""
-        give_ups: list[GiveUp] = []
-        for target in self.targets:
-            routed = tuple(event for event in events if target.route.matches(event))
-            if routed:
-                failure = self._send(target.sink, routed)
-                if failure is not None:
-                    give_ups.append(GiveUp(target.sink.name, routed, failure))
-        return give_ups
+    def start(self) -> None:
+        """Start the worker thread."""
+        self._thread.start()
 
-    def _send(self, sink: Sink, events: tuple[DownstreamEvent, ...]) -> str | None:
-        attempt = 0
-        while True:
-            attempt += 1
+    def join(self, timeout: float) -> None:
+        """Wait for the worker to finish its current batch after `stopping` is set."""
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
             try:
-                sink.send(events)
-            except SinkError as exc:
-                reason, permanent = str(exc), exc.permanent
-            except Exception as exc:  # noqa: BLE001 - a sink's bug must not stop the stream
-                reason, permanent = f"{type(exc).__name__} in sink", False
-            else:
-                return None
-            if permanent or attempt >= self._config.max_attempts:
-                self._log.error(
-                    "sink_gave_up",
-                    sink=sink.name,
-                    attempts=attempt,
-                    reason=reason,
-                    permanent=permanent,
-                    records=len(events),
-                )
-                return reason
-            delay = backoff(attempt, self._config, self._rand)
-            self._log.warning(
-                "sink_failed",
-                sink=sink.name,
-                attempt=attempt,
+                if not self.step():
+                    self._idle()
+            except SpoolError as exc:
+                self._log.error("spool_failed", reason=str(exc))
+                self._stopping.wait(1.0)
+            except Exception:  # noqa: BLE001 - the worker must outlive any one batch
+                self._log.exception("delivery_failed")
+                self._stopping.wait(1.0)
+
+    def _idle(self) -> None:
+        version = self._spool.version
+        next_at = self._spool.next_due(self.name)
+        timeout = 1.0 if next_at is None else min(1.0, max(0.0, next_at - time.time()))
+        if timeout > 0:
+            self._spool.wait_for_change(version, timeout)
+
+    def step(self) -> bool:
+        """Send one batch if one is due; False when there was nothing to do."""
+        rows = self._spool.due(self.name, self._batch_size)
+        if not rows:
+            return False
+        try:
+            self._send(rows)
+        except SinkError as exc:
+            self._failed(rows, str(exc), permanent=exc.permanent)
+        except PublishRefused as exc:
+            self._failed(rows, str(exc), permanent=True)
+        except BrokerError as exc:
+            self._failed(rows, str(exc), permanent=False)
+        except Exception as exc:  # noqa: BLE001 - a sink's bug must not stop the stream
+            self._failed(rows, f"{type(exc).__name__} in sink", permanent=False)
+        else:
+            self._spool.done([row.id for row in rows])
+            self.delivered += len(rows)
+            self._log.debug("delivered", records=len(rows), attempt=rows[0].attempts + 1)
+        return True
+
+    def _failed(self, rows: Sequence[Row], reason: str, *, permanent: bool) -> None:
+        attempts = max(row.attempts for row in rows) + 1
+        age = time.time() - min(row.created for row in rows)
+        limit = self._config.max_attempts
+        exhausted = (limit is not None and attempts >= limit) or age >= self._config.max_age
+        if permanent or exhausted:
+            self._spool.give_up(rows, reason, self._gave_up(rows, reason), kind=self._kind)
+            self.dead += len(rows)
+            self._log.error(
+                "sink_gave_up",
                 reason=reason,
-                retry_in=round(delay, 3),
+                permanent=permanent,
+                attempts=attempts,
+                records=len(rows),
             )
-            if self._stopping.wait(delay):
-                raise Interrupted(sink.name)
+            return
+        delay = backoff(attempts, self._config, self._rand)
+        self._spool.retry([row.id for row in rows], time.time() + delay, reason)
+        self.retries += 1
+        self._log.warning(
+            "sink_failed",
+            reason=reason,
+            attempt=attempts,
+            retry_in=round(delay, 3),
+            records=len(rows),
+        )
+
+
+def sink_sender(sink: Sink) -> Callable[[Sequence[Row]], None]:
+    """Hand rows to a sink as DownstreamEvents."""
+
+    def send(rows: Sequence[Row]) -> None:
+        sink.send([DownstreamEvent.from_dict(row.decoded()) for row in rows])
+
+    return send
+
+
+def alarm_sender(publish: Publish) -> Callable[[Sequence[Row]], None]:
+    """Publish alarm rows, QoS 1, not retained, waiting for each acknowledgement."""
+
+    def send(rows: Sequence[Row]) -> None:
+        for row in rows:
+            alarm = row.decoded()
+            payload = json.dumps(alarm["payload"], ensure_ascii=False, separators=(",", ":"))
+            publish(alarm["topic"], payload.encode(), 1, False)
+
+    return send
+
+
+def give_up_alarms(
+    sink: str, rows: Sequence[Row], reason: str, *, now_ms: int, new_id: Callable[[], str]
+) -> list[NewRow]:
+    """Code-502 alarms for events a sink gave up on: one per message and operation."""
+    groups: dict[tuple[str, str, str | None], list[DownstreamEvent]] = {}
+    for row in rows:
+        event = DownstreamEvent.from_dict(row.decoded())
+        groups.setdefault((event.error_topic, str(event.op), event.msg_id), []).append(event)
+    return [
+        alarm_row(
+            alarms.build(
+                error_topic=topic,
+                op=op,
+                code=alarms.CODE_SINK_GAVE_UP,
+                msg=f"sink {sink} gave up: {reason}",
+                records=[event.customer for event in events],
+                errors=(),
+                source_msg_id=msg_id,
+                now_ms=now_ms,
+                alarm_id=new_id(),
+            )
+        )
+        for (topic, op, msg_id), events in groups.items()
+    ]

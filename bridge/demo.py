@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import tempfile
 import threading
 import time
 import uuid
@@ -124,6 +125,9 @@ def _free_port() -> int:
 def run_demo(*, port: int, rounds: int, interval: float, out: Path) -> int:
     """Run the demo; `rounds=0` keeps going until Ctrl-C."""
     port = port or _free_port()
+    # A fresh spool each run: the documented samples carry no msgId, so a spool kept
+    # from an earlier run would drop them as duplicates.
+    spool_dir = Path(tempfile.mkdtemp(prefix="bridge-demo-"))
     jsonl = out / "customers.jsonl"
     cfg = config.parse(
         {
@@ -137,6 +141,7 @@ def run_demo(*, port: int, rounds: int, interval: float, out: Path) -> int:
                 {"type": "jsonl", "name": "file", "path": str(jsonl)},
                 {"type": "mqtt", "name": "republish", "topic": FORWARDED},
             ],
+            "spool": {"path": str(spool_dir / "spool.db")},
             "logging": {"level": "warning", "format": "console"},
         }
     )
@@ -176,6 +181,7 @@ def run_demo(*, port: int, rounds: int, interval: float, out: Path) -> int:
     stats = bridge.summary()
     print(
         f"\nbridge summary: received {stats['received']}, forwarded {stats['forwarded']} "
-        f"record(s), rejected {stats['rejected']}, alarms {stats['alarms']}"
+        f"record(s), rejected {stats['rejected']}, duplicates dropped {stats['duplicates']}, "
+        f"alarms {stats['alarms']}"
     )
     return 0

@@ -18,6 +18,10 @@ class BrokerError(BridgeError):
     """The broker could not be reached, or refused us."""
 
 
+class PublishRefused(BrokerError):
+    """The broker answered a publish with a failure reason code: sending it again will not help."""
+
+
 class SinkError(BridgeError):
     """A sink could not take a batch. `permanent` says whether a retry can help."""
 

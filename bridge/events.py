@@ -48,6 +48,31 @@ class DownstreamEvent:
             customer=customer,
         )
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DownstreamEvent:
+        """Rebuild an event from its `to_dict()` form (as the spool keeps it)."""
+        vendor = data.get("vendor")
+        return cls(
+            op=Op(data["op"]),
+            kind=TopicKind.STANDARD if vendor is None else TopicKind.CUSTOMIZATION,
+            tenant=data["tenant"],
+            project_id=data["projectId"],
+            version=data.get("version"),
+            vendor=vendor,
+            msg_id=data.get("msgId"),
+            report_ts=data.get("reportTs"),
+            event_ts=data.get("eventTs"),
+            customer=data["customer"],
+        )
+
+    @property
+    def error_topic(self) -> str:
+        """The error topic of the topic this event came on."""
+        project = f"{self.tenant}/proj_{self.project_id}"
+        if self.kind is TopicKind.STANDARD:
+            return f"{project}/v1-business-model-error-customer"
+        return f"{project}/{self.version}-customization-{self.vendor}-error-customer"
+
     @property
     def customer_id(self) -> str:
         """The record's `id` (always a non-empty string once validated)."""

@@ -31,7 +31,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.config import BrokerConfig
-from bridge.errors import BrokerError
+from bridge.errors import BrokerError, PublishRefused
 
 
 def _no_delay(_client: Client, _userdata: Any, sock: Any) -> None:
@@ -161,7 +161,7 @@ class MqttClient:
             raise BrokerError(f"no acknowledgement within {self._config.publish_timeout}s")
         reason = self._puback_reasons.pop(info.mid, None)
         if reason is not None and reason.is_failure:
-            raise BrokerError(f"broker refused the publish: {reason}")
+            raise PublishRefused(f"broker refused the publish: {reason}")
 
     # paho callbacks: run on paho's thread, never raise.
 

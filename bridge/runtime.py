@@ -1,14 +1,17 @@
-"""Wiring: broker connection, worker thread, sinks, signals. Turns each outcome into ack / alarm.
+"""Wiring: broker connection, intake thread, spool, delivery workers, signals.
 
-One worker thread handles messages in arrival order, so acknowledgements leave
-in the order the broker sent the messages (MQTT 3.1.1 4.6.0-2) and the events of
-one customer reach each sink in order.
+The intake thread is the one place that turns outcomes into acks: it takes the
+messages the broker has sent (in arrival order), validates them, writes their
+outbox rows, alarms and de-duplication keys to the spool in one transaction,
+and only then acknowledges them, in the same order (MQTT 3.1.1 4.6.0-2). A
+delivery worker per sink, and one for alarms, drains the spool.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import functools
+import hashlib
 import queue
 import signal
 import threading
@@ -19,17 +22,25 @@ from types import FrameType
 
 import structlog
 
-from bridge import alarms
-from bridge.alarms import Alarm
 from bridge.broker import EmbeddedBroker
 from bridge.config import Config
-from bridge.delivery import Delivery, GiveUp, Interrupted, Target
-from bridge.errors import BrokerError
+from bridge.delivery import (
+    Target,
+    Worker,
+    alarm_row,
+    alarm_sender,
+    event_row,
+    give_up_alarms,
+    sink_sender,
+)
 from bridge.mqtt import InboundMessage, MqttClient
 from bridge.pipeline import Disposition, Outcome, Pipeline
 from bridge.sinks import SinkContext, build_sinks
+from bridge.spool import ALARMS, NewRow, Row, Spool, SpoolError
 
 DRAIN_TIMEOUT = 30.0
+PRUNE_EVERY = 60.0
+ALARM_BATCH = 50
 
 
 @dataclass
@@ -39,10 +50,28 @@ class Stats:
     received: int = 0
     forwarded: int = 0
     rejected: int = 0
+    duplicates: int = 0
     alarms: Counter[str] = field(default_factory=Counter)
     ignored: Counter[str] = field(default_factory=Counter)
     unacked: int = 0
     left_for_redelivery: int = 0
+
+
+def dedup_key(msg_id: str | None, topic: str, payload: bytes) -> str:
+    """The de-duplication key: the producer's msgId, else a hash of topic and payload."""
+    if msg_id is not None:
+        return "m:" + msg_id
+    digest = hashlib.sha256(topic.encode("utf-8", "surrogatepass") + b"\0" + payload)
+    return "h:" + digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    message: InboundMessage
+    outcome: Outcome
+    key: str | None
+    started: float
+    duplicate: bool = False
 
 
 class Bridge:
@@ -55,6 +84,7 @@ class Bridge:
         self.log = logger or structlog.get_logger("bridge")
         self.stats = Stats()
         self.stopping = threading.Event()
+        self.backpressure = False
         self._stopped = threading.Event()
         self._queue: queue.Queue[InboundMessage | None] = queue.Queue()
         selection = config.subscription.selection()
@@ -63,30 +93,72 @@ class Bridge:
         self.mqtt = MqttClient(config.broker, selection.filters(), self._enqueue, self.log)
         context = SinkContext(publish=self.mqtt.publish, logger=self.log)
         sinks = build_sinks(config.sinks, context)
-        self.delivery = Delivery(
-            [Target(sink, entry.route) for sink, entry in zip(sinks, config.sinks, strict=True)],
-            config.delivery,
-            self.stopping,
-            self.log,
+        self.targets = [
+            Target(sink, entry.route, entry.batch_size)
+            for sink, entry in zip(sinks, config.sinks, strict=True)
+        ]
+        spool = config.spool
+        self.spool = Spool(
+            spool.path,
+            synchronous=spool.synchronous,
+            dedup_max_keys=spool.dedup_max_keys,
+            dedup_max_age=spool.dedup_max_age,
         )
-        self._worker = threading.Thread(target=self._work, name="bridge-worker", daemon=True)
+        self.workers = [
+            Worker(
+                t.sink.name,
+                sink_sender(t.sink),
+                self.spool,
+                config.delivery,
+                self.stopping,
+                self.log,
+                batch_size=t.batch_size,
+                gave_up=functools.partial(self._give_up_alarms, t.sink.name),
+                kind="event",
+            )
+            for t in self.targets
+        ]
+        self.workers.append(
+            Worker(
+                ALARMS,
+                alarm_sender(self.mqtt.publish),
+                self.spool,
+                config.delivery,
+                self.stopping,
+                self.log,
+                batch_size=ALARM_BATCH,
+                gave_up=lambda _rows, _reason: [],
+                kind="alarm",
+            )
+        )
+        self._intake = threading.Thread(target=self._work, name="bridge-intake", daemon=True)
+        self._last_prune = 0.0
 
     # life cycle
 
     def start(self) -> None:
-        """Start the embedded broker if configured, the worker, and the broker connection."""
+        """Start the embedded broker if configured, the workers, and the broker connection."""
         broker = self.config.broker
         if broker.embedded:
             self.embedded = EmbeddedBroker(broker.host, broker.port)
             self.embedded.start()
             self.log.info("embedded_broker_started", port=self.embedded.port)
-        self._worker.start()
+        known = {worker.name for worker in self.workers}
+        orphans = {t: n for t, n in self.spool.targets().items() if t not in known}
+        if orphans:
+            # Rows for sinks no longer configured stay until the sink comes back (or a purge).
+            self.log.warning("spool_orphans", pending=orphans)
+        for worker in self.workers:
+            worker.start()
+        self._intake.start()
         self.mqtt.start()
         self.log.info(
             "started",
             filters=self.pipeline.selection.filters(),
-            sinks=[t.sink.name for t in self.delivery.targets],
+            sinks=[t.sink.name for t in self.targets],
             mode=str(self.pipeline.rules.mode),
+            spool=str(self.spool.path),
+            spool_pending=self.spool.pending,
         )
 
     def wait_ready(self, timeout: float) -> bool:
@@ -94,20 +166,23 @@ class Bridge:
         return self.mqtt.subscribed.wait(timeout)
 
     def stop(self, drain_timeout: float = DRAIN_TIMEOUT) -> None:
-        """Stop taking messages, finish those taken, disconnect, close sinks."""
+        """Stop taking messages, store and ack those taken, stop workers, disconnect."""
         if self._stopped.is_set():
             return
-        self.log.info("stopping", queued=self._queue.qsize())
-        self.stopping.set()
+        self.log.info("stopping", queued=self._queue.qsize(), spool_pending=self.spool.pending)
         self._queue.put(None)
-        if self._worker.is_alive():
-            self._worker.join(drain_timeout)
+        if self._intake.is_alive():
+            self._intake.join(drain_timeout)
+        self.stopping.set()
+        for worker in self.workers:
+            worker.join(drain_timeout)
         self.mqtt.stop()
-        for target in self.delivery.targets:
+        for target in self.targets:
             try:
                 target.sink.close()
             except Exception:  # closing one sink must not keep the others open
                 self.log.exception("sink_close_failed", sink=target.sink.name)
+        self.spool.close()
         if self.embedded is not None:
             self.embedded.stop()
         self._stopped.set()
@@ -137,13 +212,15 @@ class Bridge:
             "received": self.stats.received,
             "forwarded": self.stats.forwarded,
             "rejected": self.stats.rejected,
+            "duplicates": self.stats.duplicates,
             "alarms": dict(self.stats.alarms),
             "ignored": dict(self.stats.ignored),
             "unacked": self.stats.unacked,
             "left_for_redelivery": self.stats.left_for_redelivery,
+            "delivered": {w.name: w.delivered for w in self.workers},
         }
 
-    # message path
+    # intake
 
     def _enqueue(self, message: InboundMessage) -> None:
         # Runs on paho's thread. Once stopping, new messages are left unacknowledged:
@@ -154,58 +231,127 @@ class Bridge:
             self._queue.put(message)
 
     def _work(self) -> None:
-        while True:
-            message = self._queue.get()
-            if message is None:
+        done = False
+        while not done:
+            first = self._queue.get()
+            if first is None:
                 return
+            batch = [first]
+            while len(batch) < self.config.spool.intake_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    done = True
+                    break
+                batch.append(item)
             try:
-                self.handle(message)
-            except Exception:  # the worker must outlive any one message
+                self._wait_for_room()
+                self.intake(batch)
+                self._prune()
+            except Exception:  # the intake must outlive any one batch
                 with contextlib.suppress(Exception):  # even a log line that cannot be written
-                    self.log.exception("message_failed", topic=message.topic)
+                    self.log.exception("intake_failed", messages=len(batch))
 
-    def handle(self, message: InboundMessage) -> None:
-        """Turn one message into its outcome, act on it, and acknowledge it once."""
-        if message.generation != self.mqtt.generation:
-            # Taken on a connection that has since dropped; the broker sends it again.
+    def _wait_for_room(self) -> None:
+        limit = self.config.spool.max_pending
+        while self.spool.pending >= limit and not self.stopping.is_set():
+            if not self.backpressure:
+                self.backpressure = True
+                self.log.warning("backpressure_on", spool_pending=self.spool.pending, limit=limit)
+            self.stopping.wait(0.2)
+        if self.backpressure:
+            self.backpressure = False
+            self.log.info("backpressure_off", spool_pending=self.spool.pending)
+
+    def intake(self, batch: list[InboundMessage]) -> None:
+        """Validate a batch, store it in the spool in one transaction, then ack it in order."""
+        generation = self.mqtt.generation
+        plans: list[_Plan] = []
+        for message in batch:
+            if message.generation != generation:
+                continue  # taken on a connection that has since dropped; the broker resends it
+            started = time.perf_counter()
+            self.stats.received += 1
+            outcome = self._outcome(message)
+            key = None
+            if outcome.disposition is Disposition.PROCESSED:
+                key = dedup_key(outcome.msg_id, outcome.topic, message.payload)
+            plans.append(_Plan(message, outcome, key, started))
+        known = self.spool.seen(p.key for p in plans if p.key is not None)
+        rows: list[NewRow] = []
+        keys: list[str] = []
+        raws: list[tuple[str, bytes, str]] = []
+        for index, plan in enumerate(plans):
+            if plan.key is None:
+                continue
+            if plan.key in known:
+                plans[index] = _Plan(plan.message, plan.outcome, plan.key, plan.started, True)
+                continue
+            known.add(plan.key)
+            keys.append(plan.key)
+            outcome = plan.outcome
+            for event in outcome.forward:
+                rows.extend(
+                    event_row(t.sink.name, event) for t in self.targets if t.route.matches(event)
+                )
+            rows.extend(alarm_row(alarm) for alarm in outcome.alarms)
+            if outcome.undecodable:
+                reason = outcome.errors[0].reason if outcome.errors else "unreadable"
+                raws.append((outcome.topic, plan.message.payload, reason))
+        if (rows or keys or raws) and not self._store(rows, keys, raws):
+            self.stats.unacked += len(plans)
             return
-        started = time.perf_counter()
-        self.stats.received += 1
-        outcome = self._outcome(message)
+        for plan in plans:
+            self._finish(plan)
+
+    def _store(
+        self, rows: list[NewRow], keys: list[str], raws: list[tuple[str, bytes, str]]
+    ) -> bool:
+        # Nothing is acknowledged until this commits; retry until it does or we stop.
+        delay = 0.1
+        failing = False
+        while True:
+            try:
+                self.spool.store(rows, keys, raws)
+            except SpoolError as exc:
+                if not failing:
+                    self.log.error("spool_write_failed", reason=str(exc), messages=len(keys))
+                    failing = True
+                if self.stopping.wait(delay):
+                    return False
+                delay = min(delay * 2, 5.0)
+                continue
+            if failing:
+                self.log.info("spool_write_recovered")
+            return True
+
+    def _finish(self, plan: _Plan) -> None:
+        outcome = plan.outcome
+        acked = self._ack(plan.message)
         log = self.log.bind(topic=outcome.topic, msg_id=outcome.msg_id)
         if outcome.disposition is not Disposition.PROCESSED:
             self.stats.ignored[outcome.disposition] += 1
-            log.debug("ignored", outcome=str(outcome.disposition))
-            self._ack(message)
+            log.debug("ignored", outcome=str(outcome.disposition), acked=acked)
             return
-        try:
-            for alarm in outcome.alarms:
-                self._publish_alarm(alarm)
-            give_ups = self.delivery.deliver(outcome.forward)
-            for alarm in self._give_up_alarms(outcome, give_ups):
-                self._publish_alarm(alarm)
-        except Interrupted:
-            log.info("message_abandoned", reason="stopping")
-            self.stats.unacked += 1
+        if plan.duplicate:
+            self.stats.duplicates += 1
+            log.info("duplicate", acked=acked)
             return
-        except BrokerError as exc:
-            log.warning("message_abandoned", reason=str(exc))
-            self.stats.unacked += 1
-            return
-        acked = self._ack(message)
-        forwarded = len(outcome.forward) - sum(len(g.events) for g in give_ups)
         self.stats.forwarded += len(outcome.forward)
         self.stats.rejected += outcome.rejected
+        for alarm in outcome.alarms:
+            self.stats.alarms[alarm.status] += 1
         log.info(
             "message",
             ops=list(outcome.ops),
-            forwarded=forwarded,
+            forwarded=len(outcome.forward),
             rejected=outcome.rejected,
             alarms=[a.status for a in outcome.alarms],
-            gave_up=[g.sink for g in give_ups],
-            outcome="alarmed" if outcome.alarms or give_ups else "forwarded",
+            outcome="alarmed" if outcome.alarms else "forwarded",
             acked=acked,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            duration_ms=round((time.perf_counter() - plan.started) * 1000, 2),
         )
 
     def _outcome(self, message: InboundMessage) -> Outcome:
@@ -217,31 +363,20 @@ class Bridge:
             self.log.exception("pipeline_failed", topic=message.topic)
             return Outcome(message.topic, Disposition.UNRECOGNISED)
 
-    def _publish_alarm(self, alarm: Alarm) -> None:
-        payload = json.dumps(alarm.payload, ensure_ascii=False, separators=(",", ":"))
-        self.mqtt.publish(alarm.topic, payload.encode(), 1, False)
-        self.stats.alarms[alarm.status] += 1
+    def _prune(self) -> None:
+        now = time.monotonic()
+        if now - self._last_prune >= PRUNE_EVERY:
+            self._last_prune = now
+            self.spool.prune_seen()
 
-    def _give_up_alarms(self, outcome: Outcome, give_ups: list[GiveUp]) -> list[Alarm]:
-        if not self.config.delivery.alarm_on_give_up or outcome.inbound is None:
+    def _give_up_alarms(self, sink: str, rows: list[Row], reason: str) -> list[NewRow]:
+        if not self.config.delivery.alarm_on_give_up:
             return []
-        built: list[Alarm] = []
-        for give_up in give_ups:
-            for op in dict.fromkeys(event.op for event in give_up.events):
-                records = [e.customer for e in give_up.events if e.op == op]
-                built.append(
-                    alarms.build(
-                        error_topic=outcome.inbound.error_topic,
-                        op=str(op),
-                        code=alarms.CODE_SINK_GAVE_UP,
-                        msg=f"sink {give_up.sink} gave up: {give_up.reason}",
-                        records=records,
-                        errors=(),
-                        source_msg_id=outcome.msg_id,
-                        now_ms=self.pipeline.now_ms(),
-                        alarm_id=self.pipeline.new_id(),
-                    )
-                )
+        built = give_up_alarms(
+            sink, rows, reason, now_ms=self.pipeline.now_ms(), new_id=self.pipeline.new_id
+        )
+        for _ in built:
+            self.stats.alarms["CUSTOMER_SINK_GAVE_UP"] += 1
         return built
 
     def _ack(self, message: InboundMessage) -> bool:

@@ -17,9 +17,10 @@ from bridge.sinks.jsonl import JsonlConfig
 from bridge.sinks.log import LogConfig
 from bridge.sinks.python import PythonConfig
 from bridge.sinks.republish import RepublishConfig
+from bridge.sinks.webhook import WebhookConfig
 
 SinkConfig = Annotated[
-    JsonlConfig | LogConfig | RepublishConfig | PythonConfig,
+    JsonlConfig | LogConfig | RepublishConfig | PythonConfig | WebhookConfig,
     Field(discriminator="type"),
 ]
 
@@ -39,16 +40,25 @@ def build_sink(config: SinkConfig, context: SinkContext) -> Sink:
     return config.build(context)
 
 
+def _check_unique(built: Sequence[Sink], index: int) -> None:
+    # The name keys the sink's rows in the spool, so it must be unique.
+    name = built[-1].name
+    if any(other.name == name for other in built[:-1]):
+        raise ConfigError(f"sinks[{index}]", f"a second sink named {name!r}: give it a name")
+
+
 def build_sinks(configs: Sequence[SinkConfig], context: SinkContext) -> list[Sink]:
     """Build every sink; a ConfigError names the sink's place (`sinks[2].handler`)."""
     built: list[Sink] = []
     try:
         for index, config in enumerate(configs):
             try:
-                built.append(build_sink(config, context))
+                sink = build_sink(config, context)
             except ConfigError as exc:
                 path = f"sinks[{index}]" + (f".{exc.path}" if exc.path else "")
                 raise ConfigError(path, exc.message) from None
+            built.append(sink)
+            _check_unique(built, index)
     except ConfigError:
         for sink in built:
             sink.close()

@@ -72,3 +72,4 @@ class SinkConfigBase(BaseModel):
 
     name: str | None = Field(default=None, min_length=1, max_length=64)
     route: Route = Route()
+    batch_size: int = Field(default=100, ge=1, le=10_000)

@@ -1,0 +1,435 @@
+"""The durable outbox, the de-duplication window and the dead letters, in one SQLite file.
+
+A message is acknowledged to the broker only after the transaction that holds its
+outbox rows (one per routed sink and record, one per alarm) and its de-duplication
+key has committed. Delivery workers then take rows from the outbox, oldest first,
+and delete them once their sink has them.
+
+WAL mode with `synchronous=FULL` by default: a commit survives power loss, so an
+ack never goes out for something a power cut could take back. `NORMAL` is faster
+and survives a crash of the process, but may lose the last commits on power loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from bridge.errors import BridgeError
+
+ALARMS = "@alarms"
+"""The outbox target of alarms; sinks have their configured names."""
+
+RAW_PAYLOAD_LIMIT = 4096
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    target TEXT NOT NULL,
+    okey TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_by_target ON outbox (target, id);
+CREATE TABLE IF NOT EXISTS seen (
+    key TEXT PRIMARY KEY,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS seen_by_age ON seen (at);
+CREATE TABLE IF NOT EXISTS dead (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    target TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    okey TEXT NOT NULL DEFAULT '',
+    body BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    topic TEXT,
+    msg_id TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL
+);
+"""
+
+
+class SpoolError(BridgeError):
+    """The spool could not be opened or written (unwritable directory, disk full)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """A pending outbox row."""
+
+    id: int
+    target: str
+    okey: str
+    body: str
+    created: float
+    attempts: int
+    next_at: float
+
+    def decoded(self) -> Any:
+        """The row's JSON body."""
+        return json.loads(self.body)
+
+
+@dataclass(frozen=True, slots=True)
+class NewRow:
+    """An outbox row to insert: which target, which ordering key, what body."""
+
+    target: str
+    okey: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record a sink gave up on, or a payload that could not be read."""
+
+    id: int
+    target: str
+    kind: Literal["event", "alarm", "payload"]
+    body: bytes
+    reason: str
+    topic: str | None
+    msg_id: str | None
+    attempts: int
+    created: float
+
+
+class Spool:
+    """One SQLite database; every method is safe to call from any thread."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        dedup_max_keys: int = 100_000,
+        dedup_max_age: float = 7 * 24 * 3600.0,
+    ) -> None:
+        self.path = path
+        self._dedup_max_keys = dedup_max_keys
+        self._dedup_max_age = dedup_max_age
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(threading.Lock())
+        self._version = 0
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                str(path), check_same_thread=False, isolation_level=None, timeout=30.0
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.executescript(_SCHEMA)
+            self._pending = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+            # Prove now that we can write, rather than at the first message.
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM seen WHERE 0")
+            self._db.execute("COMMIT")
+        except (sqlite3.Error, OSError) as exc:
+            raise SpoolError(f"cannot open the spool at {path}: {exc}") from None
+
+    # sizes
+
+    @property
+    def pending(self) -> int:
+        """Rows waiting in the outbox."""
+        return self._pending
+
+    def oldest_age(self, now: float | None = None) -> float:
+        """Seconds the oldest pending row has waited (0 when empty)."""
+        with self._lock:
+            row = self._db.execute("SELECT MIN(created) FROM outbox").fetchone()
+        if row is None or row[0] is None:
+            return 0.0
+        return max(0.0, (now or time.time()) - float(row[0]))
+
+    def targets(self) -> dict[str, int]:
+        """Pending rows per target."""
+        with self._lock:
+            rows = self._db.execute("SELECT target, COUNT(*) FROM outbox GROUP BY target")
+            return {str(target): int(count) for target, count in rows}
+
+    # intake
+
+    def store(
+        self,
+        rows: Sequence[NewRow],
+        seen_keys: Sequence[str],
+        raw_payloads: Sequence[tuple[str, bytes, str]] = (),
+        now: float | None = None,
+    ) -> None:
+        """Insert outbox rows, de-duplication keys and unreadable payloads in one transaction.
+
+        `raw_payloads` are (topic, payload, reason); payloads are truncated to 4 KiB.
+        Raises SpoolError when the commit fails: nothing of it is stored then.
+        """
+        at = now or time.time()
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany(
+                    "INSERT INTO outbox (target, okey, body, created) VALUES (?, ?, ?, ?)",
+                    [(r.target, r.okey, r.body, at) for r in rows],
+                )
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO seen (key, at) VALUES (?, ?)",
+                    [(key, at) for key in seen_keys],
+                )
+                self._db.executemany(
+                    "INSERT INTO dead (target, kind, body, reason, topic, created)"
+                    " VALUES ('', 'payload', ?, ?, ?, ?)",
+                    [(p[:RAW_PAYLOAD_LIMIT], why, topic, at) for topic, p, why in raw_payloads],
+                )
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise SpoolError(f"cannot write the spool: {exc}") from None
+            self._pending += len(rows)
+        if rows:
+            self._notify()
+
+    def seen(self, keys: Iterable[str]) -> set[str]:
+        """Which of `keys` are inside the de-duplication window."""
+        wanted = list(keys)
+        if not wanted:
+            return set()
+        found: set[str] = set()
+        with self._lock:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                query = f"SELECT key FROM seen WHERE key IN ({marks})"  # noqa: S608 - only '?'
+                found.update(str(k) for (k,) in self._db.execute(query, chunk))
+        return found
+
+    def prune_seen(self, now: float | None = None) -> int:
+        """Drop keys older than the window's age, then the oldest beyond its size."""
+        at = now or time.time()
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                gone = self._db.execute(
+                    "DELETE FROM seen WHERE at < ?", (at - self._dedup_max_age,)
+                ).rowcount
+                gone += self._db.execute(
+                    "DELETE FROM seen WHERE key IN (SELECT key FROM seen ORDER BY at DESC"
+                    " LIMIT -1 OFFSET ?)",
+                    (self._dedup_max_keys,),
+                ).rowcount
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise SpoolError(f"cannot prune the de-duplication window: {exc}") from None
+        return int(gone)
+
+    # delivery
+
+    def due(self, target: str, limit: int, now: float | None = None, scan: int = 5000) -> list[Row]:
+        """Up to `limit` rows of `target` that may be sent now, oldest first.
+
+        A row waits while an earlier row with the same ordering key is waiting (for
+        its retry time, or outside this batch), so one customer's events never
+        overtake each other; other customers' rows go on.
+        """
+        at = now or time.time()
+        with self._lock:
+            rows = [
+                Row(*r)
+                for r in self._db.execute(
+                    "SELECT id, target, okey, body, created, attempts, next_at FROM outbox"
+                    " WHERE target = ? ORDER BY id LIMIT ?",
+                    (target, scan),
+                )
+            ]
+        blocked: set[str] = set()
+        chosen: list[Row] = []
+        for row in rows:
+            if row.okey in blocked:
+                continue
+            if row.next_at > at or len(chosen) >= limit:
+                blocked.add(row.okey)
+                continue
+            chosen.append(row)
+        return chosen
+
+    def next_due(self, target: str) -> float | None:
+        """When the earliest retry of `target` falls due (None when nothing waits)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MIN(next_at) FROM outbox WHERE target = ?", (target,)
+            ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def done(self, ids: Sequence[int]) -> None:
+        """Delete delivered rows."""
+        self._write(
+            lambda db: db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids]),
+            -len(ids),
+        )
+
+    def retry(self, ids: Sequence[int], next_at: float, error: str) -> None:
+        """Count a failed attempt and set when to try again."""
+        self._write(
+            lambda db: db.executemany(
+                "UPDATE outbox SET attempts = attempts + 1, next_at = ?, last_error = ?"
+                " WHERE id = ?",
+                [(next_at, error, i) for i in ids],
+            ),
+            0,
+        )
+
+    def give_up(
+        self, rows: Sequence[Row], reason: str, alarms: Sequence[NewRow] = (), *, kind: str
+    ) -> None:
+        """Move rows to the dead letters and queue their alarms, in one transaction."""
+        now = time.time()
+
+        def move(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT INTO dead (target, kind, okey, body, reason, msg_id, attempts, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        r.target,
+                        kind,
+                        r.okey,
+                        r.body.encode(),
+                        reason,
+                        _msg_id(r),
+                        r.attempts + 1,
+                        now,
+                    )
+                    for r in rows
+                ],
+            )
+            db.executemany("DELETE FROM outbox WHERE id = ?", [(r.id,) for r in rows])
+            db.executemany(
+                "INSERT INTO outbox (target, okey, body, created) VALUES (?, ?, ?, ?)",
+                [(a.target, a.okey, a.body, now) for a in alarms],
+            )
+
+        self._write(move, len(alarms) - len(rows))
+        if alarms:
+            self._notify()
+
+    # dead letters
+
+    def dead_letters(self, limit: int = 100, after: int = 0) -> list[DeadLetter]:
+        """Dead letters, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, target, kind, body, reason, topic, msg_id, attempts, created"
+                " FROM dead WHERE id > ? ORDER BY id LIMIT ?",
+                (after, limit),
+            ).fetchall()
+        return [
+            DeadLetter(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6], r[7], r[8]) for r in rows
+        ]
+
+    def dead_letter(self, letter_id: int) -> DeadLetter | None:
+        """One dead letter by id."""
+        found = self.dead_letters(limit=1, after=letter_id - 1)
+        return found[0] if found and found[0].id == letter_id else None
+
+    def replay(self, ids: Sequence[int] | None) -> int:
+        """Put dead letters (all when `ids` is None) back in the outbox; payloads stay."""
+        selector = "" if ids is None else f" AND id IN ({','.join('?' * len(ids))})"
+        params: list[int] = [] if ids is None else list(ids)
+        moved = 0
+
+        def move(db: sqlite3.Connection) -> None:
+            nonlocal moved
+            rows = db.execute(
+                # only '?' placeholders are joined in
+                "SELECT id, target, okey, body FROM dead WHERE kind != 'payload'"  # noqa: S608
+                + selector,
+                params,
+            ).fetchall()
+            db.executemany(
+                "INSERT INTO outbox (target, okey, body, created) VALUES (?, ?, ?, ?)",
+                [(t, k, bytes(b).decode(), time.time()) for _, t, k, b in rows],
+            )
+            db.executemany("DELETE FROM dead WHERE id = ?", [(r[0],) for r in rows])
+            moved = len(rows)
+
+        self._write(move, 0)
+        with self._lock:
+            self._pending += moved
+        self._notify()
+        return moved
+
+    def purge(self, ids: Sequence[int] | None) -> int:
+        """Delete dead letters (all when `ids` is None)."""
+        with self._lock:
+            try:
+                if ids is None:
+                    return int(self._db.execute("DELETE FROM dead").rowcount)
+                return sum(
+                    self._db.execute("DELETE FROM dead WHERE id = ?", (i,)).rowcount for i in ids
+                )
+            except sqlite3.Error as exc:
+                raise SpoolError(f"cannot purge dead letters: {exc}") from None
+
+    def dead_count(self) -> int:
+        """How many dead letters there are."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM dead").fetchone()[0])
+
+    # waiting
+
+    @property
+    def version(self) -> int:
+        """Grows whenever rows are added; pass it to `wait_for_change`."""
+        return self._version
+
+    def wait_for_change(self, since: int, timeout: float) -> None:
+        """Sleep until rows were added after `version` was `since` (or `timeout` passes)."""
+        with self._changed:
+            if self._version == since:
+                self._changed.wait(timeout)
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._version += 1
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+        self._notify()
+
+    def _write(self, change: Any, pending_delta: int) -> None:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                change(self._db)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise SpoolError(f"cannot write the spool: {exc}") from None
+            self._pending += pending_delta
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):  # no transaction was open
+            self._db.execute("ROLLBACK")
+
+
+def _msg_id(row: Row) -> str | None:
+    try:
+        body = json.loads(row.body)
+    except ValueError:
+        return None
+    value = body.get("msgId") if isinstance(body, dict) else None
+    return value if isinstance(value, str) else None
