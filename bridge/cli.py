@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from bridge import __version__, config, logs
 from bridge.errors import BridgeError, BrokerError, ConfigError
 from bridge.pipeline import Disposition, Pipeline
 from bridge.sinks import SinkContext, build_sinks
+from bridge.spool import DeadLetter, Spool, SpoolError
 from bridge.topics import Selection
 from bridge.validate import Mode, Rules
 
@@ -20,6 +23,7 @@ EXIT_OK = 0
 EXIT_ALARM = 1
 EXIT_USAGE = 2
 EXIT_SOFTWARE = 70  # sysexits EX_SOFTWARE
+EXIT_CANTCREAT = 73  # sysexits EX_CANTCREAT: the spool cannot be opened or written
 EXIT_CONFIG = 78  # sysexits EX_CONFIG; the unit file's RestartPreventExitStatus
 
 
@@ -44,6 +48,22 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--timezone", default="Asia/Shanghai", help="for date-time eventTs")
     validate.add_argument("file", nargs="?", default="-", help="payload file, or - for stdin")
 
+    dead = commands.add_parser(
+        "dead-letters", help="list, show, replay or purge what sinks gave up on"
+    )
+    dead.add_argument("-c", "--config", type=Path, required=True, help="YAML config file")
+    actions = dead.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="one JSON line per dead letter (no record content)")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--after", type=int, default=0, help="only ids above this")
+    show = actions.add_parser("show", help="one dead letter with its content (personal data!)")
+    show.add_argument("id", type=int)
+    for name, text in (("replay", "put back in the outbox"), ("purge", "delete for good")):
+        action = actions.add_parser(name, help=text)
+        which = action.add_mutually_exclusive_group(required=True)
+        which.add_argument("ids", type=int, nargs="*", default=[], help="dead letter ids")
+        which.add_argument("--all", action="store_true", help="every dead letter")
+
     demo = commands.add_parser(
         "demo", help="run the bridge on the embedded broker and feed it sample traffic"
     )
@@ -64,12 +84,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check_config(args.config)
         if args.command == "validate":
             return _validate(args.topic, args.file, args.strict, args.timezone)
+        if args.command == "dead-letters":
+            return _dead_letters(args)
         from bridge.demo import run_demo  # noqa: PLC0415 - only the demo needs paho's test client
 
         return run_demo(port=args.port, rounds=args.rounds, interval=args.interval, out=args.out)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except SpoolError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CANTCREAT
     except BridgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_SOFTWARE
@@ -100,6 +125,50 @@ def _check_config(path: Path) -> int:
     print(json.dumps(shown, indent=2, ensure_ascii=False))
     print(f"{path}: ok; subscribes {cfg.subscription.selection().filters()}", file=sys.stderr)
     return EXIT_OK
+
+
+def _dead_letters(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    spool = Spool(cfg.spool.path, synchronous=cfg.spool.synchronous)
+    try:
+        if args.action == "list":
+            for letter in spool.dead_letters(limit=args.limit, after=args.after):
+                print(json.dumps(_describe(letter), ensure_ascii=False))
+            return EXIT_OK
+        if args.action == "show":
+            found = spool.dead_letter(args.id)
+            if found is None:
+                print(f"no dead letter {args.id}", file=sys.stderr)
+                return EXIT_USAGE
+            shown = _describe(found)
+            try:
+                shown["content"] = json.loads(found.body)
+            except ValueError:
+                shown["content_base64"] = base64.b64encode(found.body).decode()
+            print(json.dumps(shown, ensure_ascii=False, indent=2))
+            return EXIT_OK
+        ids = None if args.all else list(args.ids)
+        if args.action == "replay":
+            print(f"replayed {spool.replay(ids)} (unreadable payloads cannot be replayed)")
+        else:
+            print(f"purged {spool.purge(ids)}")
+        return EXIT_OK
+    finally:
+        spool.close()
+
+
+def _describe(letter: DeadLetter) -> dict[str, Any]:
+    return {
+        "id": letter.id,
+        "sink": letter.target,
+        "kind": letter.kind,
+        "reason": letter.reason,
+        "topic": letter.topic,
+        "msgId": letter.msg_id,
+        "attempts": letter.attempts,
+        "created": datetime.fromtimestamp(letter.created, UTC).isoformat(),
+        "bytes": len(letter.body),
+    }
 
 
 def _validate(topic: str, source: str, strict: bool, timezone: str) -> int:
