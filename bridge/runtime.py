@@ -83,7 +83,8 @@ class Bridge:
         self.config = config
         self.log = logger or structlog.get_logger("bridge")
         self.stats = Stats()
-        self.stopping = threading.Event()
+        self.stopping = threading.Event()  # intake: take no more, give up waiting for room
+        self._workers_stop = threading.Event()  # workers: finish the batch in hand, then stop
         self.backpressure = False
         self._stopped = threading.Event()
         self._queue: queue.Queue[InboundMessage | None] = queue.Queue()
@@ -110,7 +111,7 @@ class Bridge:
                 sink_sender(t.sink),
                 self.spool,
                 config.delivery,
-                self.stopping,
+                self._workers_stop,
                 self.log,
                 batch_size=t.batch_size,
                 gave_up=functools.partial(self._give_up_alarms, t.sink.name),
@@ -124,7 +125,7 @@ class Bridge:
                 alarm_sender(self.mqtt.publish),
                 self.spool,
                 config.delivery,
-                self.stopping,
+                self._workers_stop,
                 self.log,
                 batch_size=ALARM_BATCH,
                 gave_up=lambda _rows, _reason: [],
@@ -170,10 +171,11 @@ class Bridge:
         if self._stopped.is_set():
             return
         self.log.info("stopping", queued=self._queue.qsize(), spool_pending=self.spool.pending)
+        self.stopping.set()
         self._queue.put(None)
         if self._intake.is_alive():
             self._intake.join(drain_timeout)
-        self.stopping.set()
+        self._workers_stop.set()
         for worker in self.workers:
             worker.join(drain_timeout)
         self.mqtt.stop()
