@@ -191,6 +191,14 @@ class SpoolConfig(_Model):
     dedup_max_age: float = Field(default=8 * 24 * 3600.0, gt=0)
 
 
+class HealthConfig(_Model):
+    """The HTTP listener for /healthz, /readyz and /metrics; loopback unless told otherwise."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9108, ge=0, le=65535)
+
+
 class LoggingConfig(_Model):
     """Log level and format; `auto` is JSON unless stdout is a terminal."""
 
@@ -207,6 +215,7 @@ class Config(_Model):
     validation: ValidationConfig = ValidationConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     spool: SpoolConfig = SpoolConfig()
+    health: HealthConfig = HealthConfig()
     sinks: tuple[SinkConfig, ...] = Field(min_length=1)
     logging: LoggingConfig = LoggingConfig()
 

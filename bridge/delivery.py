@@ -22,6 +22,7 @@ from bridge import alarms
 from bridge.config import DeliveryConfig
 from bridge.errors import BrokerError, PublishRefused, SinkError
 from bridge.events import DownstreamEvent
+from bridge.metrics import Metrics
 from bridge.sinks import Route, Sink
 from bridge.spool import ALARMS, NewRow, Row, Spool, SpoolError
 
@@ -78,6 +79,7 @@ class Worker:
         gave_up: Callable[[Sequence[Row], str], list[NewRow]],
         kind: str,
         rand: Callable[[], float] = random.random,
+        metrics: Metrics | None = None,
     ) -> None:
         self.name = name
         self._send = send
@@ -89,6 +91,7 @@ class Worker:
         self._gave_up = gave_up
         self._kind = kind
         self._rand = rand
+        self._metrics = metrics
         self.delivered = 0
         self.retries = 0
         self.dead = 0
@@ -139,6 +142,8 @@ class Worker:
         else:
             self._spool.done([row.id for row in rows])
             self.delivered += len(rows)
+            if self._metrics is not None:
+                self._metrics.forwarded.labels(sink=self.name).inc(len(rows))
             self._log.debug("delivered", records=len(rows), attempt=rows[0].attempts + 1)
         return True
 
@@ -150,6 +155,8 @@ class Worker:
         if permanent or exhausted:
             self._spool.give_up(rows, reason, self._gave_up(rows, reason), kind=self._kind)
             self.dead += len(rows)
+            if self._metrics is not None:
+                self._metrics.dead_letters.labels(sink=self.name).inc(len(rows))
             self._log.error(
                 "sink_gave_up",
                 reason=reason,
@@ -161,6 +168,8 @@ class Worker:
         delay = backoff(attempts, self._config, self._rand)
         self._spool.retry([row.id for row in rows], time.time() + delay, reason)
         self.retries += 1
+        if self._metrics is not None:
+            self._metrics.retries.labels(sink=self.name).inc()
         self._log.warning(
             "sink_failed",
             reason=reason,

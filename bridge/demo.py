@@ -142,6 +142,7 @@ def run_demo(*, port: int, rounds: int, interval: float, out: Path) -> int:
                 {"type": "mqtt", "name": "republish", "topic": FORWARDED},
             ],
             "spool": {"path": str(spool_dir / "spool.db")},
+            "health": {"port": 0},
             "logging": {"level": "warning", "format": "console"},
         }
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import queue
 import signal
 import threading
@@ -33,6 +34,8 @@ from bridge.delivery import (
     give_up_alarms,
     sink_sender,
 )
+from bridge.health import HealthServer
+from bridge.metrics import Metrics, field_label
 from bridge.mqtt import InboundMessage, MqttClient
 from bridge.pipeline import Disposition, Outcome, Pipeline
 from bridge.sinks import SinkContext, build_sinks
@@ -55,6 +58,12 @@ class Stats:
     ignored: Counter[str] = field(default_factory=Counter)
     unacked: int = 0
     left_for_redelivery: int = 0
+
+
+def status_of_row(row: NewRow) -> str:
+    """The status of the alarm an outbox row carries."""
+    events = json.loads(row.body)["payload"]["events"]
+    return str(next(iter(events.values()))["status"])
 
 
 def dedup_key(msg_id: str | None, topic: str, payload: bytes) -> str:
@@ -86,6 +95,9 @@ class Bridge:
         self.stopping = threading.Event()  # intake: take no more, give up waiting for room
         self._workers_stop = threading.Event()  # workers: finish the batch in hand, then stop
         self.backpressure = False
+        self.spool_writable = True
+        self.metrics = Metrics()
+        self.health: HealthServer | None = None
         self._stopped = threading.Event()
         self._queue: queue.Queue[InboundMessage | None] = queue.Queue()
         selection = config.subscription.selection()
@@ -116,6 +128,7 @@ class Bridge:
                 batch_size=t.batch_size,
                 gave_up=functools.partial(self._give_up_alarms, t.sink.name),
                 kind="event",
+                metrics=self.metrics,
             )
             for t in self.targets
         ]
@@ -130,7 +143,14 @@ class Bridge:
                 batch_size=ALARM_BATCH,
                 gave_up=lambda _rows, _reason: [],
                 kind="alarm",
+                metrics=self.metrics,
             )
+        )
+        self.metrics.watch(
+            pending=lambda: self.spool.pending,
+            oldest=self.spool.oldest_age,
+            connected=self.mqtt.subscribed.is_set,
+            backpressure=lambda: self.backpressure,
         )
         self._intake = threading.Thread(target=self._work, name="bridge-intake", daemon=True)
         self._last_prune = 0.0
@@ -149,6 +169,12 @@ class Bridge:
         if orphans:
             # Rows for sinks no longer configured stay until the sink comes back (or a purge).
             self.log.warning("spool_orphans", pending=orphans)
+        health = self.config.health
+        if health.enabled:
+            self.health = HealthServer(
+                health.host, health.port, self.readiness, self.metrics.render
+            )
+            self.health.start()
         for worker in self.workers:
             worker.start()
         self._intake.start()
@@ -160,7 +186,16 @@ class Bridge:
             mode=str(self.pipeline.rules.mode),
             spool=str(self.spool.path),
             spool_pending=self.spool.pending,
+            health_port=self.health.port if self.health else None,
         )
+
+    def readiness(self) -> dict[str, bool]:
+        """What /readyz checks: connected and subscribed, spool writable, not back-pressured."""
+        return {
+            "subscribed": self.mqtt.subscribed.is_set(),
+            "spool_writable": self.spool_writable,
+            "accepting": not self.backpressure,
+        }
 
     def wait_ready(self, timeout: float) -> bool:
         """Wait until connected and subscribed."""
@@ -185,6 +220,8 @@ class Bridge:
             except Exception:  # closing one sink must not keep the others open
                 self.log.exception("sink_close_failed", sink=target.sink.name)
         self.spool.close()
+        if self.health is not None:
+            self.health.stop()
         if self.embedded is not None:
             self.embedded.stop()
         self._stopped.set()
@@ -318,6 +355,7 @@ class Bridge:
             try:
                 self.spool.store(rows, keys, raws)
             except SpoolError as exc:
+                self.spool_writable = False
                 if not failing:
                     self.log.error("spool_write_failed", reason=str(exc), messages=len(keys))
                     failing = True
@@ -326,18 +364,23 @@ class Bridge:
                 delay = min(delay * 2, 5.0)
                 continue
             if failing:
+                self.spool_writable = True
                 self.log.info("spool_write_recovered")
             return True
 
     def _finish(self, plan: _Plan) -> None:
         outcome = plan.outcome
         acked = self._ack(plan.message)
+        self.metrics.latency.observe(time.perf_counter() - plan.started)
+        disposition = "duplicate" if plan.duplicate else str(outcome.disposition)
+        self.metrics.received.labels(disposition=disposition).inc()
         log = self.log.bind(topic=outcome.topic, msg_id=outcome.msg_id)
         if outcome.disposition is not Disposition.PROCESSED:
             self.stats.ignored[outcome.disposition] += 1
             log.debug("ignored", outcome=str(outcome.disposition), acked=acked)
             return
         if plan.duplicate:
+            self.metrics.duplicates.inc()
             self.stats.duplicates += 1
             log.info("duplicate", acked=acked)
             return
@@ -345,6 +388,9 @@ class Bridge:
         self.stats.rejected += outcome.rejected
         for alarm in outcome.alarms:
             self.stats.alarms[alarm.status] += 1
+            self.metrics.alarms.labels(status=alarm.status, code=str(alarm.code)).inc()
+        for error in outcome.errors:
+            self.metrics.rejections.labels(field=field_label(error.field)).inc()
         log.info(
             "message",
             ops=list(outcome.ops),
@@ -377,8 +423,10 @@ class Bridge:
         built = give_up_alarms(
             sink, rows, reason, now_ms=self.pipeline.now_ms(), new_id=self.pipeline.new_id
         )
-        for _ in built:
-            self.stats.alarms["CUSTOMER_SINK_GAVE_UP"] += 1
+        for row in built:
+            status = status_of_row(row)
+            self.stats.alarms[status] += 1
+            self.metrics.alarms.labels(status=status, code="502").inc()
         return built
 
     def _ack(self, message: InboundMessage) -> bool:

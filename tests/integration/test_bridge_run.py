@@ -108,6 +108,8 @@ class BridgeProcess:
         client_id = config.get("broker", {}).get("client_id", "bridge")
         spool = workdir / f"state-{client_id}" / "spool.db"
         config = {**config, "spool": {"path": str(spool), **config.get("spool", {})}}
+        # Several bridges may run at once: each health listener takes a free port.
+        config["health"] = {"port": 0, **config.get("health", {})}
         self.config_path = workdir / f"{name}.yaml"
         self.stdout_path = workdir / f"{name}.stdout"
         self.stderr_path = workdir / f"{name}.stderr"
