@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ from pydantic import (
 )
 
 from bridge.errors import ConfigError
+from bridge.secrets import check_references, interpolate, read_secret_file
 from bridge.sinks import SinkConfig
 from bridge.topics import ANY, Selection, check_segments, check_share_group
 from bridge.validate import Mode, Rules
@@ -39,6 +41,22 @@ class ReconnectConfig(_Model):
         return self
 
 
+class TlsConfig(_Model):
+    """TLS to the broker: a CA bundle (system CAs when absent), and a client certificate for
+    mutual TLS. Hostname verification stays on unless turned off explicitly."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    verify_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
 class BrokerConfig(_Model):
     """Where the broker is and how the session is kept.
 
@@ -57,6 +75,8 @@ class BrokerConfig(_Model):
     publish_timeout: float = Field(default=10.0, gt=0)
     username: str | None = None
     password: str | None = None
+    password_file: Path | None = None
+    tls: TlsConfig | None = None
     reconnect: ReconnectConfig = ReconnectConfig()
     embedded: bool = False
 
@@ -64,6 +84,31 @@ class BrokerConfig(_Model):
     @classmethod
     def _protocol_text(cls, value: object) -> object:
         return str(value) if isinstance(value, int | float) else value
+
+    @field_validator("username", "password")
+    @classmethod
+    def _references(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_references(value)
+        return value
+
+    def credentials(self, environ: Mapping[str, str]) -> tuple[str | None, str | None]:
+        """Username and password with `${NAME}` and `password_file` resolved."""
+        username = None
+        if self.username is not None:
+            username = interpolate("broker.username", self.username, environ)
+        password = None
+        if self.password is not None:
+            password = interpolate("broker.password", self.password, environ)
+        elif self.password_file is not None:
+            password = read_secret_file("broker.password_file", self.password_file, environ)
+        return username, password
+
+    @model_validator(mode="after")
+    def _one_password(self) -> BrokerConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        return self
 
     @model_validator(mode="after")
     def _embedded_speaks_311(self) -> BrokerConfig:

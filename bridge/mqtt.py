@@ -9,7 +9,10 @@ catches everything. Return codes become `BrokerError`s here.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +34,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.config import BrokerConfig
-from bridge.errors import BrokerError, PublishRefused
+from bridge.errors import BrokerError, ConfigError, PublishRefused
 
 
 def _no_delay(_client: Client, _userdata: Any, sock: Any) -> None:
@@ -91,8 +94,21 @@ class MqttClient:
         )
         client.reconnect_delay_set(config.reconnect.min_delay, config.reconnect.max_delay)
         client.max_queued_messages_set(0)
-        if config.username is not None:
-            client.username_pw_set(config.username, config.password)
+        username, password = config.credentials(os.environ)
+        if username is not None:
+            client.username_pw_set(username, password)
+        if config.tls is not None:
+            tls = config.tls
+            try:
+                client.tls_set(
+                    ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                    certfile=str(tls.cert_file) if tls.cert_file else None,
+                    keyfile=str(tls.key_file) if tls.key_file else None,
+                    cert_reqs=ssl.CERT_REQUIRED,
+                )
+            except (OSError, ValueError) as exc:
+                raise ConfigError("broker.tls", f"cannot load the TLS files: {exc}") from None
+            client.tls_insecure_set(not tls.verify_hostname)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -193,7 +209,10 @@ class MqttClient:
 
     def _on_connect_fail(self, _client: Client, _userdata: Any) -> None:
         try:
-            self._failure("connect_failed", "connection could not be established")
+            # paho calls this inside its `except OSError`, so the cause is still at hand.
+            cause = sys.exc_info()[1]
+            reason = f"{type(cause).__name__}: {cause}" if cause else "no connection"
+            self._failure("connect_failed", reason)
         except Exception:  # noqa: BLE001 - must not reach paho's loop
             self._log.exception("callback_failed", callback="on_connect_fail")
 

@@ -17,6 +17,9 @@ from pydantic import ConfigDict, Field, field_serializer, field_validator, model
 from bridge import __version__
 from bridge.errors import ConfigError, SinkError
 from bridge.events import DownstreamEvent
+from bridge.secrets import ENV_REF as _ENV_REF
+from bridge.secrets import check_references as _check_references
+from bridge.secrets import interpolate as _interpolate
 from bridge.sinks.base import SinkConfigBase, SinkContext
 
 BATCH_SIZE_HEADER = "X-Bridge-Batch-Size"
@@ -26,26 +29,11 @@ TRANSIENT_STATUSES = frozenset({408, 429})
 # Enough for any acknowledgement; a longer answer costs its connection rather than our time.
 _MAX_DRAIN = 64 * 1024
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name (RFC 9110)
 _RESERVED = frozenset(
     {"content-type", "content-length", "transfer-encoding", "host", "connection"}
     | {BATCH_SIZE_HEADER.lower()}
 )
-
-
-def _check_references(value: str) -> None:
-    """Reject a `${` that does not start a well-formed `${NAME}`."""
-    if _ENV_REF.sub("", value).count("${"):
-        raise ValueError("a '${' must start a reference like ${NAME}")
-
-
-def _interpolate(path: str, value: str, environ: Mapping[str, str]) -> str:
-    """Replace each `${NAME}` in `value` from `environ`; ConfigError at `path` if one is unset."""
-    for name in _ENV_REF.findall(value):
-        if name not in environ:
-            raise ConfigError(path, f"environment variable {name} is not set")
-    return _ENV_REF.sub(lambda match: environ[match.group(1)], value)
 
 
 class WebhookConfig(SinkConfigBase):
