@@ -105,7 +105,7 @@ def _run(path: Path) -> int:
 
     cfg = config.load(path)
     logs.configure(cfg.logging.level, cfg.logging.format, redact_personal=cfg.logging.redact)
-    return Bridge(cfg, logs.get_logger()).run()
+    return Bridge(cfg, logs.get_logger()).run(path)
 
 
 def _no_publish(_topic: str, _payload: bytes, _qos: int, _retain: bool) -> None:

@@ -40,7 +40,9 @@ class Target:
 
 def backoff(attempt: int, config: DeliveryConfig, rand: Callable[[], float]) -> float:
     """Seconds to wait before retry number `attempt` (1-based): capped exponential, full jitter."""
-    ceiling: float = min(config.max_backoff, config.initial_backoff * 2.0 ** (attempt - 1))
+    # The exponent is capped first: 2.0 ** 1024 overflows after a long outage.
+    exponent = min(attempt - 1, 60)
+    ceiling: float = min(config.max_backoff, config.initial_backoff * 2.0**exponent)
     return ceiling * rand()
 
 
@@ -101,6 +103,11 @@ class Worker:
         """Start the worker thread."""
         self._thread.start()
 
+    def stop(self) -> None:
+        """Ask the worker to stop after the batch in hand."""
+        self._stopping.set()
+        self._spool.poke()
+
     def join(self, timeout: float) -> None:
         """Wait for the worker to finish its current batch after `stopping` is set."""
         self._thread.join(timeout)
@@ -120,9 +127,9 @@ class Worker:
     def _idle(self) -> None:
         version = self._spool.version
         next_at = self._spool.next_due(self.name)
-        timeout = 1.0 if next_at is None else min(1.0, max(0.0, next_at - time.time()))
-        if timeout > 0:
-            self._spool.wait_for_change(version, timeout)
+        # A short floor: a retry already due but blocked behind another must not spin.
+        timeout = 1.0 if next_at is None else min(1.0, max(0.05, next_at - time.time()))
+        self._spool.wait_for_change(version, timeout)
 
     def step(self) -> bool:
         """Send one batch if one is due; False when there was nothing to do."""
@@ -147,26 +154,33 @@ class Worker:
             self._log.debug("delivered", records=len(rows), attempt=rows[0].attempts + 1)
         return True
 
-    def _failed(self, rows: Sequence[Row], reason: str, *, permanent: bool) -> None:
-        attempts = max(row.attempts for row in rows) + 1
-        age = time.time() - min(row.created for row in rows)
+    def _exhausted(self, row: Row, now: float) -> bool:
         limit = self._config.max_attempts
-        exhausted = (limit is not None and attempts >= limit) or age >= self._config.max_age
-        if permanent or exhausted:
-            self._spool.give_up(rows, reason, self._gave_up(rows, reason), kind=self._kind)
-            self.dead += len(rows)
+        too_many = limit is not None and row.attempts + 1 >= limit
+        return too_many or now - row.created >= self._config.max_age
+
+    def _failed(self, rows: Sequence[Row], reason: str, *, permanent: bool) -> None:
+        now = time.time()
+        # Judged row by row: a fresh record batched with an old one keeps its own tries.
+        doomed = list(rows) if permanent else [r for r in rows if self._exhausted(r, now)]
+        if doomed:
+            self._spool.give_up(doomed, reason, self._gave_up(doomed, reason), kind=self._kind)
+            self.dead += len(doomed)
             if self._metrics is not None:
-                self._metrics.dead_letters.labels(sink=self.name).inc(len(rows))
+                self._metrics.dead_letters.labels(sink=self.name).inc(len(doomed))
             self._log.error(
                 "sink_gave_up",
                 reason=reason,
                 permanent=permanent,
-                attempts=attempts,
-                records=len(rows),
+                attempts=max(r.attempts for r in doomed) + 1,
+                records=len(doomed),
             )
+        retrying = [r for r in rows if r not in doomed]
+        if not retrying:
             return
+        attempts = max(row.attempts for row in retrying) + 1
         delay = backoff(attempts, self._config, self._rand)
-        self._spool.retry([row.id for row in rows], time.time() + delay, reason)
+        self._spool.retry([row.id for row in retrying], now + delay, reason)
         self.retries += 1
         if self._metrics is not None:
             self._metrics.retries.labels(sink=self.name).inc()
@@ -175,7 +189,7 @@ class Worker:
             reason=reason,
             attempt=attempts,
             retry_in=round(delay, 3),
-            records=len(rows),
+            records=len(retrying),
         )
 
 

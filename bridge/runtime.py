@@ -19,10 +19,12 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 
 import structlog
 
+from bridge import config as config_module
 from bridge.broker import EmbeddedBroker
 from bridge.config import Config
 from bridge.delivery import (
@@ -34,6 +36,7 @@ from bridge.delivery import (
     give_up_alarms,
     sink_sender,
 )
+from bridge.errors import ConfigError
 from bridge.health import HealthServer
 from bridge.metrics import Metrics, field_label
 from bridge.mqtt import InboundMessage, MqttClient
@@ -93,7 +96,6 @@ class Bridge:
         self.log = logger or structlog.get_logger("bridge")
         self.stats = Stats()
         self.stopping = threading.Event()  # intake: take no more, give up waiting for room
-        self._workers_stop = threading.Event()  # workers: finish the batch in hand, then stop
         self.backpressure = False
         self.spool_writable = True
         self.metrics = Metrics()
@@ -104,12 +106,7 @@ class Bridge:
         self.pipeline = Pipeline(config.validation.rules(), selection)
         self.embedded: EmbeddedBroker | None = None
         self.mqtt = MqttClient(config.broker, selection.filters(), self._enqueue, self.log)
-        context = SinkContext(publish=self.mqtt.publish, logger=self.log)
-        sinks = build_sinks(config.sinks, context)
-        self.targets = [
-            Target(sink, entry.route, entry.batch_size)
-            for sink, entry in zip(sinks, config.sinks, strict=True)
-        ]
+        self.targets = self._build_targets(config)
         spool = config.spool
         self.spool = Spool(
             spool.path,
@@ -117,28 +114,15 @@ class Bridge:
             dedup_max_keys=spool.dedup_max_keys,
             dedup_max_age=spool.dedup_max_age,
         )
-        self.workers = [
-            Worker(
-                t.sink.name,
-                sink_sender(t.sink),
-                self.spool,
-                config.delivery,
-                self._workers_stop,
-                self.log,
-                batch_size=t.batch_size,
-                gave_up=functools.partial(self._give_up_alarms, t.sink.name),
-                kind="event",
-                metrics=self.metrics,
-            )
-            for t in self.targets
-        ]
+        self._intake_lock = threading.Lock()
+        self.workers = [self._sink_worker(t, config) for t in self.targets]
         self.workers.append(
             Worker(
                 ALARMS,
                 alarm_sender(self.mqtt.publish),
                 self.spool,
                 config.delivery,
-                self._workers_stop,
+                threading.Event(),
                 self.log,
                 batch_size=ALARM_BATCH,
                 gave_up=lambda _rows, _reason: [],
@@ -210,7 +194,8 @@ class Bridge:
         self._queue.put(None)
         if self._intake.is_alive():
             self._intake.join(drain_timeout)
-        self._workers_stop.set()
+        for worker in self.workers:
+            worker.stop()
         for worker in self.workers:
             worker.join(drain_timeout)
         self.mqtt.stop()
@@ -227,18 +212,28 @@ class Bridge:
         self._stopped.set()
         self.log.info("stopped", **self.summary())
 
-    def run(self) -> int:
-        """Run until SIGTERM or SIGINT; return the exit status."""
+    def run(self, config_path: Path | None = None) -> int:
+        """Run until SIGTERM or SIGINT (SIGHUP reloads `config_path`); return the exit status."""
         requested = threading.Event()
+        reload_asked = threading.Event()
 
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
+        def on_stop(_signum: int, _frame: FrameType | None) -> None:
             requested.set()
 
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        def on_hangup(_signum: int, _frame: FrameType | None) -> None:
+            reload_asked.set()
+
+        previous = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
         try:
             self.start()
-            while not requested.wait(1.0):
-                pass
+            while not requested.wait(0.5):
+                if reload_asked.is_set():
+                    reload_asked.clear()
+                    if config_path is None:
+                        self.log.warning("reload_ignored", reason="no config file")
+                    else:
+                        self.reload(config_path)
         finally:
             self.stop()
             for sig, handler in previous.items():
@@ -258,6 +253,71 @@ class Bridge:
             "left_for_redelivery": self.stats.left_for_redelivery,
             "delivered": {w.name: w.delivered for w in self.workers},
         }
+
+    # sinks and reload
+
+    def _build_targets(self, config: Config) -> list[Target]:
+        context = SinkContext(publish=self.mqtt.publish, logger=self.log)
+        sinks = build_sinks(config.sinks, context)
+        return [
+            Target(sink, entry.route, entry.batch_size)
+            for sink, entry in zip(sinks, config.sinks, strict=True)
+        ]
+
+    def _sink_worker(self, target: Target, config: Config) -> Worker:
+        return Worker(
+            target.sink.name,
+            sink_sender(target.sink),
+            self.spool,
+            config.delivery,
+            threading.Event(),
+            self.log,
+            batch_size=target.batch_size,
+            gave_up=functools.partial(self._give_up_alarms, target.sink.name),
+            kind="event",
+            metrics=self.metrics,
+        )
+
+    def reload(self, path: Path) -> bool:
+        """Re-read the config and swap sinks, routes and delivery settings; keep the rest.
+
+        A config that does not load, or sinks that cannot be built, leave everything as it
+        was. The intake is paused between batches for the swap, so each message is routed
+        whole by the old or the new sinks, and acknowledged once.
+        """
+        self.log.info("reloading", config=str(path))
+        try:
+            new = config_module.load(path)
+            targets = self._build_targets(new)
+        except ConfigError as exc:
+            self.log.error("reload_rejected", reason=str(exc))
+            return False
+        needs_restart = [
+            section
+            for section in ("broker", "subscription", "validation", "spool", "health", "logging")
+            if getattr(new, section) != getattr(self.config, section)
+        ]
+        if needs_restart:
+            self.log.warning("reload_needs_restart", sections=needs_restart)
+        old_workers = [w for w in self.workers if w.name != ALARMS]
+        with self._intake_lock:
+            old_targets, self.targets = self.targets, targets
+            self.config = self.config.model_copy(
+                update={"sinks": new.sinks, "delivery": new.delivery}
+            )
+        for worker in old_workers:
+            worker.stop()
+        for worker in old_workers:
+            worker.join(DRAIN_TIMEOUT)
+        for target in old_targets:
+            with contextlib.suppress(Exception):
+                target.sink.close()
+        fresh = [self._sink_worker(t, self.config) for t in targets]
+        self.workers = fresh + [w for w in self.workers if w.name == ALARMS]
+        for worker in fresh:
+            worker.start()
+        self.log.info("reloaded", sinks=[t.sink.name for t in targets])
+        return True
 
     # intake
 
@@ -287,7 +347,8 @@ class Bridge:
                 batch.append(item)
             try:
                 self._wait_for_room()
-                self.intake(batch)
+                with self._intake_lock:
+                    self.intake(batch)
                 self._prune()
             except Exception:  # the intake must outlive any one batch
                 with contextlib.suppress(Exception):  # even a log line that cannot be written

@@ -265,9 +265,12 @@ class Spool:
 
     def next_due(self, target: str) -> float | None:
         """When the earliest retry of `target` falls due (None when nothing waits)."""
+        # Only rows waiting for a retry: rows never tried (next_at 0) that wait behind a
+        # customer's retrying row would otherwise make an idle worker spin.
         with self._lock:
             row = self._db.execute(
-                "SELECT MIN(next_at) FROM outbox WHERE target = ?", (target,)
+                "SELECT MIN(next_at) FROM outbox WHERE target = ? AND attempts > 0",
+                (target,),
             ).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
@@ -398,6 +401,10 @@ class Spool:
         with self._changed:
             if self._version == since:
                 self._changed.wait(timeout)
+
+    def poke(self) -> None:
+        """Wake every waiting worker (to see a stop request)."""
+        self._notify()
 
     def _notify(self) -> None:
         with self._changed:

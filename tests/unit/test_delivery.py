@@ -1,0 +1,674 @@
+"""SPEC 6: delivery workers draining the spool: retries, backoff, dead letters, 502 alarms."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from factories import (
+    CUSTOM_ERROR_TOPIC,
+    NOW_MS,
+    PROFILE,
+    PROJECT,
+    STANDARD_ERROR_TOPIC,
+    TENANT,
+    VENDOR,
+    customer,
+    expected_id,
+    sequential_ids,
+)
+
+from bridge import alarms
+from bridge.alarms import CODE_SINK_GAVE_UP
+from bridge.config import DeliveryConfig
+from bridge.delivery import (
+    Worker,
+    alarm_row,
+    alarm_sender,
+    backoff,
+    event_row,
+    give_up_alarms,
+    sink_sender,
+)
+from bridge.errors import BrokerError, PublishRefused, SinkError
+from bridge.events import DownstreamEvent
+from bridge.records import Op
+from bridge.spool import ALARMS, NewRow, Row, Spool
+from bridge.topics import TopicKind
+
+SINK = "crm"
+LOG = structlog.get_logger()
+
+
+def event(
+    customer_id: str = "c-1",
+    n: int = 1,
+    *,
+    op: Op = Op.ADD,
+    msg_id: str | None = "m-1",
+    custom: bool = False,
+    tenant: str = TENANT,
+) -> DownstreamEvent:
+    """A downstream event of one customer; `n` marks its place in that customer's stream."""
+    return DownstreamEvent(
+        op=op,
+        kind=TopicKind.CUSTOMIZATION if custom else TopicKind.STANDARD,
+        tenant=tenant,
+        project_id=PROJECT,
+        version="v2" if custom else None,
+        vendor=VENDOR if custom else None,
+        msg_id=msg_id,
+        report_ts=1661154622,
+        event_ts=1661154622000 + n,
+        customer=customer(id=customer_id, remark=f"n={n}"),
+    )
+
+
+def label(item: DownstreamEvent | Row) -> str:
+    """An event (or the row carrying one) as `customer:n`."""
+    ev = item if isinstance(item, DownstreamEvent) else DownstreamEvent.from_dict(item.decoded())
+    return f"{ev.customer_id}:{ev.customer['remark'].removeprefix('n=')}"
+
+
+class FakeSender:
+    """A sink sender that records each batch and raises the next queued failure, if any."""
+
+    def __init__(self, *failures: BaseException | None) -> None:
+        self.batches: list[list[str]] = []
+        self.failures = list(failures)
+
+    def __call__(self, rows: Sequence[Row]) -> None:
+        self.batches.append([label(r) for r in rows])
+        if self.failures:
+            failure = self.failures.pop(0)
+            if failure is not None:
+                raise failure
+
+
+class GaveUp:
+    """A `gave_up` callback that records its calls and builds the real 502 alarms."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], str]] = []
+        self._build = functools.partial(
+            give_up_alarms, SINK, now_ms=NOW_MS, new_id=sequential_ids()
+        )
+
+    def __call__(self, rows: Sequence[Row], reason: str) -> list[NewRow]:
+        self.calls.append(([label(r) for r in rows], reason))
+        return self._build(rows, reason)
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Iterator[Spool]:
+    """A fresh spool file in tmp_path, closed afterwards."""
+    opened = Spool(tmp_path / "spool.db", synchronous="NORMAL")
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def worker(
+    spool: Spool,
+    send: Callable[[Sequence[Row]], None],
+    config: DeliveryConfig | None = None,
+    *,
+    name: str = SINK,
+    batch_size: int = 10,
+    gave_up: Callable[[Sequence[Row], str], list[NewRow]] | None = None,
+    kind: str = "event",
+    rand: Callable[[], float] = lambda: 1.0,
+    stopping: threading.Event | None = None,
+) -> Worker:
+    """A worker over `spool`, driven by `step()` unless the test starts its thread."""
+    return Worker(
+        name,
+        send,
+        spool,
+        config or DeliveryConfig(initial_backoff=10.0, max_backoff=60.0),
+        stopping or threading.Event(),
+        LOG,
+        batch_size=batch_size,
+        gave_up=gave_up or (lambda _rows, _reason: []),
+        kind=kind,
+        rand=rand,
+    )
+
+
+def put(spool: Spool, *events: DownstreamEvent, now: float | None = None) -> None:
+    """Store events for SINK, as the intake does."""
+    spool.store([event_row(SINK, e) for e in events], [], now=now)
+
+
+def all_rows(spool: Spool, target: str = SINK) -> list[Row]:
+    """Every row of `target`, retrying or not (as if the clock were far ahead)."""
+    return spool.due(target, 1000, now=time.time() + 10 * 24 * 3600)
+
+
+def as_row(ev: DownstreamEvent, row_id: int = 1) -> Row:
+    """The outbox row that would carry `ev` to SINK."""
+    new = event_row(SINK, ev)
+    return Row(row_id, new.target, new.okey, new.body, 0.0, 0, 0.0)
+
+
+def an_alarm_row() -> NewRow:
+    """A queued 502 alarm, as a sink's give-up would produce it."""
+    (alarm,) = give_up_alarms(SINK, [as_row(event())], "x", now_ms=NOW_MS, new_id=sequential_ids())
+    return alarm
+
+
+def last_errors(spool: Spool) -> list[str | None]:
+    """The `last_error` column of the outbox, read from the file."""
+    with contextlib.closing(sqlite3.connect(str(spool.path))) as db:
+        return [e for (e,) in db.execute("SELECT last_error FROM outbox ORDER BY id")]
+
+
+# backoff
+
+
+@pytest.mark.parametrize("attempt", range(1, 15))
+@pytest.mark.parametrize("draw", [0.0, 0.25, 0.5, 0.999999])
+def test_backoff_stays_within_full_jitter_bounds(attempt: int, draw: float) -> None:
+    """backoff(n) lies in [0, min(max_backoff, initial * 2**(n-1))], scaled by the draw."""
+    config = DeliveryConfig(initial_backoff=0.5, max_backoff=30.0)
+    ceiling = min(30.0, 0.5 * 2 ** (attempt - 1))
+
+    delay = backoff(attempt, config, lambda: draw)
+
+    assert 0.0 <= delay <= ceiling
+    assert delay == pytest.approx(ceiling * draw)
+
+
+def test_backoff_grows_then_is_capped() -> None:
+    """The ceiling doubles per attempt from `initial_backoff` and stops at `max_backoff`."""
+    config = DeliveryConfig(initial_backoff=0.5, max_backoff=30.0)
+    ceilings = [backoff(n, config, lambda: 1.0) for n in range(1, 10)]
+
+    assert ceilings == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    assert backoff(200, config, lambda: 1.0) == 30.0
+
+
+def test_backoff_is_capped_for_any_attempt_count() -> None:
+    """A very high attempt number still gives at most `max_backoff`, never an error."""
+    config = DeliveryConfig(initial_backoff=0.5, max_backoff=30.0)
+
+    assert backoff(5000, config, lambda: 1.0) == 30.0
+
+
+def test_worker_keeps_retrying_after_a_thousand_attempts(spool: Spool) -> None:
+    """A row that failed 1100 times is rescheduled like any other transient failure."""
+    put(spool, event("A", 1))
+    row = all_rows(spool)[0]
+    spool.retry([row.id] * 1100, 0.0, "down")  # one increment per id listed
+
+    assert worker(spool, FakeSender(RuntimeError("down"))).step()
+
+    (again,) = all_rows(spool)
+    assert again.attempts == 1101
+    assert again.next_at > time.time()
+
+
+# Worker.step
+
+
+def test_step_reports_when_nothing_is_due(spool: Spool) -> None:
+    """step() is False, and sends nothing, when the target has no due row."""
+    send = FakeSender()
+
+    assert worker(spool, send).step() is False
+    assert send.batches == []
+
+
+def test_success_deletes_the_rows(spool: Spool) -> None:
+    """A batch the sender takes is deleted from the outbox, in stored order."""
+    put(spool, event("A", 1), event("B", 1), event("A", 2))
+    send = FakeSender()
+    w = worker(spool, send)
+
+    assert w.step() is True
+
+    assert send.batches == [["A:1", "B:1", "A:2"]]
+    assert spool.pending == 0
+    assert all_rows(spool) == []
+    assert w.delivered == 3
+    assert w.step() is False
+
+
+def test_batch_size_limits_each_send(spool: Spool) -> None:
+    """Each step sends at most `batch_size` rows."""
+    put(spool, *(event(f"c{i}") for i in range(5)))
+    send = FakeSender()
+    w = worker(spool, send, batch_size=2)
+
+    while w.step():
+        pass
+
+    assert [len(b) for b in send.batches] == [2, 2, 1]
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        (RuntimeError("secret 13800138000"), "RuntimeError in sink"),
+        (SinkError("HTTP 503"), "HTTP 503"),
+        (SinkError("HTTP 429", permanent=False), "HTTP 429"),
+        (BrokerError("not connected"), "not connected"),
+    ],
+)
+def test_transient_failure_schedules_a_retry(spool: Spool, failure: Exception, reason: str) -> None:
+    """A transient failure keeps the rows, counts the attempt and sets a future retry time."""
+    put(spool, event("A", 1), event("B", 1))
+    gave_up = GaveUp()
+    w = worker(spool, FakeSender(failure), gave_up=gave_up)
+    before = time.time()
+
+    assert w.step() is True
+
+    rows = all_rows(spool)
+    assert [label(r) for r in rows] == ["A:1", "B:1"]
+    assert [r.attempts for r in rows] == [1, 1]
+    # initial_backoff 10 s and a draw of 1.0: retry number 1 waits 10 s
+    assert all(before + 10.0 <= r.next_at <= time.time() + 10.0 for r in rows)
+    assert last_errors(spool) == [reason, reason]
+    assert spool.due(SINK, 10) == []
+    assert w.step() is False
+    assert spool.dead_count() == 0
+    assert gave_up.calls == []
+    assert (w.retries, w.dead, w.delivered) == (1, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [SinkError("HTTP 400: bad phone", permanent=True), PublishRefused("HTTP 400: bad phone")],
+)
+def test_permanent_failure_dead_letters_rows_and_queues_alarms(
+    spool: Spool, failure: Exception
+) -> None:
+    """A permanent failure is not retried: rows go to the dead letters, their alarms are queued."""
+    put(spool, event("A", 1), event("B", 1))
+    gave_up = GaveUp()
+    send = FakeSender(failure)
+    w = worker(spool, send, gave_up=gave_up)
+
+    assert w.step() is True
+
+    assert send.batches == [["A:1", "B:1"]]
+    assert all_rows(spool) == []
+    letters = spool.dead_letters()
+    assert [(d.target, d.kind, d.reason, d.attempts, d.msg_id) for d in letters] == [
+        (SINK, "event", "HTTP 400: bad phone", 1, "m-1"),
+        (SINK, "event", "HTTP 400: bad phone", 1, "m-1"),
+    ]
+    assert [label(DownstreamEvent.from_dict(json.loads(d.body))) for d in letters] == [
+        "A:1",
+        "B:1",
+    ]
+    assert gave_up.calls == [(["A:1", "B:1"], "HTTP 400: bad phone")]
+    (alarm,) = [r.decoded() for r in spool.due(ALARMS, 10)]
+    assert alarm["topic"] == STANDARD_ERROR_TOPIC
+    assert alarm["payload"]["events"]["add_error"]["code"] == CODE_SINK_GAVE_UP
+    assert (w.dead, w.retries, w.delivered) == (2, 0, 0)
+
+
+def test_max_attempts_exhaustion_dead_letters(spool: Spool) -> None:
+    """After `max_attempts` failed tries the rows go to the dead letters with their alarm."""
+    put(spool, event("A", 1))
+    config = DeliveryConfig(max_attempts=3, initial_backoff=1.0)
+    gave_up = GaveUp()
+    send = FakeSender(*[SinkError("HTTP 503")] * 5)
+    w = worker(spool, send, config, gave_up=gave_up, rand=lambda: 0.0)  # retry at once
+
+    assert w.step() and w.step()
+    assert [r.attempts for r in all_rows(spool)] == [2]
+    assert spool.dead_count() == 0
+    assert w.step()
+
+    assert len(send.batches) == 3
+    assert all_rows(spool) == []
+    (letter,) = spool.dead_letters()
+    assert (letter.reason, letter.attempts) == ("HTTP 503", 3)
+    assert len(gave_up.calls) == 1
+    assert len(spool.due(ALARMS, 10)) == 1
+    assert w.step() is False
+
+
+def test_max_age_exhaustion_dead_letters(spool: Spool) -> None:
+    """A transient failure of rows older than `max_age` sends them to the dead letters."""
+    put(spool, event("A", 1), event("B", 1), now=time.time() - 120)
+    gave_up = GaveUp()
+    w = worker(
+        spool, FakeSender(BrokerError("down")), DeliveryConfig(max_age=60.0), gave_up=gave_up
+    )
+
+    assert w.step()
+
+    assert all_rows(spool) == []
+    assert [(d.reason, d.attempts) for d in spool.dead_letters()] == [("down", 1), ("down", 1)]
+    assert gave_up.calls == [(["A:1", "B:1"], "down")]
+    assert len(spool.due(ALARMS, 10)) == 1
+
+
+def test_max_age_is_judged_per_row(spool: Spool) -> None:
+    """Only the row older than `max_age` is dead-lettered; a young row of its batch is retried."""
+    put(spool, event("A", 1), now=time.time() - 120)
+    put(spool, event("B", 1))
+    gave_up = GaveUp()
+    w = worker(
+        spool, FakeSender(BrokerError("down")), DeliveryConfig(max_age=60.0), gave_up=gave_up
+    )
+
+    assert w.step()
+
+    assert [(label(r), r.attempts) for r in all_rows(spool)] == [("B:1", 1)]
+    assert [label(DownstreamEvent.from_dict(json.loads(d.body))) for d in spool.dead_letters()] == [
+        "A:1"
+    ]
+    assert gave_up.calls == [(["A:1"], "down")]
+
+
+def test_max_attempts_is_judged_per_row(spool: Spool) -> None:
+    """Only the row that used up `max_attempts` is dead-lettered; a first try is retried."""
+    put(spool, event("A", 1))
+    config = DeliveryConfig(max_attempts=3)
+    w = worker(spool, FakeSender(*[SinkError("HTTP 503")] * 3), config, rand=lambda: 0.0)
+    assert w.step() and w.step()  # A:1 has failed twice
+    put(spool, event("B", 1))
+
+    assert w.step()  # A:1's third try, B:1's first, in one batch
+
+    assert [(label(r), r.attempts) for r in all_rows(spool)] == [("B:1", 1)]
+    assert [(d.attempts, d.reason) for d in spool.dead_letters()] == [(3, "HTTP 503")]
+
+
+def test_young_rows_are_retried_within_max_age(spool: Spool) -> None:
+    """Rows younger than `max_age` and under `max_attempts` are retried, not dead-lettered."""
+    put(spool, event("A", 1), now=time.time() - 30)
+    w = worker(spool, FakeSender(BrokerError("down")), DeliveryConfig(max_age=60.0))
+
+    assert w.step()
+
+    assert [r.attempts for r in all_rows(spool)] == [1]
+    assert spool.dead_count() == 0
+
+
+def test_one_customer_waits_behind_its_retry_while_others_flow(spool: Spool) -> None:
+    """Customer A's second event waits while A's first retries; customer B is delivered."""
+    config = DeliveryConfig(initial_backoff=0.2, max_backoff=1.0)
+    send = FakeSender(SinkError("HTTP 503"))
+    w = worker(spool, send, config)
+    put(spool, event("A", 1))
+    assert w.step()  # A:1 fails, retry in 0.2 s
+    put(spool, event("A", 2), event("B", 1), event("B", 2))
+
+    assert w.step()
+    assert w.step() is False  # A:2 must not overtake A:1
+
+    assert send.batches == [["A:1"], ["B:1", "B:2"]]
+    assert [label(r) for r in all_rows(spool)] == ["A:1", "A:2"]
+    time.sleep(0.25)
+    assert w.step()
+    assert send.batches[-1] == ["A:1", "A:2"]
+    assert spool.pending == 0
+
+
+def test_idle_worker_does_not_spin_while_a_customer_waits(tmp_path: Path) -> None:
+    """A worker whose only rows wait behind a retry sleeps instead of polling the spool."""
+
+    class CountingSpool(Spool):
+        polls = 0
+
+        def due(self, target: str, limit: int, now: float | None = None, scan: int = 5000) -> Any:
+            CountingSpool.polls += 1
+            return super().due(target, limit, now, scan)
+
+    spool = CountingSpool(tmp_path / "spool.db", synchronous="NORMAL")
+    stopping = threading.Event()
+    try:
+        put(spool, event("A", 1), event("A", 2))
+        first = all_rows(spool)[0]
+        spool.retry([first.id], time.time() + 60, "down")
+        w = worker(spool, FakeSender(), stopping=stopping)
+        w.start()
+        time.sleep(0.3)
+    finally:
+        stopping.set()
+        w.join(5.0)
+        spool.close()
+
+    assert CountingSpool.polls < 20
+
+
+def test_worker_thread_delivers_rows_stored_later(spool: Spool) -> None:
+    """A started worker wakes when rows are stored, delivers them, and stops when asked."""
+    delivered = threading.Event()
+    batches: list[list[str]] = []
+
+    def send(rows: Sequence[Row]) -> None:
+        batches.append([label(r) for r in rows])
+        delivered.set()
+
+    stopping = threading.Event()
+    w = worker(spool, send, stopping=stopping)
+    w.start()
+    try:
+        time.sleep(0.05)
+        put(spool, event("A", 1))
+        assert delivered.wait(5.0)
+    finally:
+        stopping.set()
+        w.join(5.0)
+    assert batches == [["A:1"]]
+    assert spool.pending == 0
+
+
+def test_sink_sender_hands_over_downstream_events(spool: Spool) -> None:
+    """sink_sender gives the sink the DownstreamEvents that were stored, in order."""
+
+    class Sink:
+        name = SINK
+
+        def __init__(self) -> None:
+            self.events: list[DownstreamEvent] = []
+
+        def send(self, events: Sequence[DownstreamEvent]) -> None:
+            self.events.extend(events)
+
+        def close(self) -> None:
+            """Nothing to release."""
+
+    stored = [event("A", 1), event("B", 1, custom=True, op=Op.DELETE, msg_id=None)]
+    put(spool, *stored)
+    sink = Sink()
+
+    assert worker(spool, sink_sender(sink)).step()
+
+    assert sink.events == stored
+
+
+# the alarm worker
+
+
+def test_alarm_worker_publishes_qos1_not_retained(spool: Spool) -> None:
+    """Alarm rows are published on their topic, QoS 1, not retained, then deleted."""
+    alarms_out = give_up_alarms(
+        SINK, [as_row(event("A", 1))], "HTTP 400", now_ms=NOW_MS, new_id=sequential_ids()
+    )
+    spool.store(alarms_out, [])
+    published: list[tuple[str, dict[str, Any], int, bool]] = []
+
+    def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        published.append((topic, json.loads(payload), qos, retain))
+
+    w = worker(spool, alarm_sender(publish), name=ALARMS, kind="alarm")
+    assert w.step()
+
+    assert [(t, q, r) for t, _, q, r in published] == [(STANDARD_ERROR_TOPIC, 1, False)]
+    assert published[0][1] == json.loads(alarms_out[0].body)["payload"]
+    assert spool.pending == 0
+
+
+def test_broker_error_is_transient_for_alarms(spool: Spool) -> None:
+    """An alarm whose publish fails for want of a broker is kept for a retry."""
+    spool.store([an_alarm_row()], [])
+
+    def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        raise BrokerError("not connected")
+
+    w = worker(spool, alarm_sender(publish), name=ALARMS, kind="alarm")
+    assert w.step()
+
+    assert [r.attempts for r in all_rows(spool, ALARMS)] == [1]
+    assert spool.dead_count() == 0
+
+
+def test_publish_refused_dead_letters_the_alarm(spool: Spool) -> None:
+    """An alarm the broker refuses goes to the dead letters at once, raising no new alarm."""
+    spool.store([an_alarm_row()], [])
+
+    def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        raise PublishRefused("not authorized")
+
+    w = worker(spool, alarm_sender(publish), name=ALARMS, kind="alarm")
+    assert w.step()
+
+    assert all_rows(spool, ALARMS) == []
+    (letter,) = spool.dead_letters()
+    assert (letter.target, letter.kind, letter.reason) == (ALARMS, "alarm", "not authorized")
+    assert spool.pending == 0
+
+
+# give_up_alarms
+
+
+def test_give_up_alarm_is_a_code_502_envelope() -> None:
+    """One 502 alarm carries the given-up records, sourceMsgId, empty errors and the sink name."""
+    rows = [as_row(event("A", 1), 1), as_row(event("B", 1), 2)]
+
+    (built,) = give_up_alarms(SINK, rows, "HTTP 400", now_ms=NOW_MS, new_id=sequential_ids())
+
+    assert (built.target, built.okey) == (ALARMS, "")
+    body = json.loads(built.body)
+    assert body["topic"] == STANDARD_ERROR_TOPIC
+    payload = body["payload"]
+    assert payload == {
+        "msgId": expected_id(1),
+        "reportTs": NOW_MS,
+        "profile": PROFILE,
+        "events": {
+            "add_error": {
+                "eventTs": NOW_MS,
+                "eventType": 2,
+                "msg": payload["events"]["add_error"]["msg"],
+                "status": "CUSTOMER_ADD_ERROR",
+                "code": 502,
+                "customerList": [customer(id="A", remark="n=1"), customer(id="B", remark="n=1")],
+            }
+        },
+        "sourceMsgId": "m-1",
+        "errors": [],
+    }
+    msg = payload["events"]["add_error"]["msg"]
+    assert SINK in msg
+    assert "HTTP 400" in msg
+
+
+def test_give_up_alarms_group_by_topic_operation_and_message() -> None:
+    """There is one alarm per (error topic, op, msgId), each on its error topic."""
+    rows = [
+        as_row(event("A", 1, msg_id="m-1"), 1),
+        as_row(event("B", 1, msg_id="m-1"), 2),
+        as_row(event("A", 2, msg_id="m-1", op=Op.DELETE), 3),
+        as_row(event("A", 3, msg_id="m-2"), 4),
+        as_row(event("C", 1, msg_id="m-1", custom=True), 5),
+        as_row(event("D", 1, msg_id=None, op=Op.EDIT, custom=True), 6),
+    ]
+
+    built = give_up_alarms(SINK, rows, "gone", now_ms=NOW_MS, new_id=sequential_ids())
+
+    summary = []
+    for new in built:
+        body = json.loads(new.body)
+        ((key, inner),) = body["payload"]["events"].items()
+        summary.append(
+            (
+                body["topic"],
+                key,
+                inner["status"],
+                body["payload"].get("sourceMsgId"),
+                [c["id"] for c in inner["customerList"]],
+            )
+        )
+    assert summary == [
+        (STANDARD_ERROR_TOPIC, "add_error", "CUSTOMER_ADD_ERROR", "m-1", ["A", "B"]),
+        (STANDARD_ERROR_TOPIC, "delete_error", "CUSTOMER_DELETE_ERROR", "m-1", ["A"]),
+        (STANDARD_ERROR_TOPIC, "add_error", "CUSTOMER_ADD_ERROR", "m-2", ["A"]),
+        (CUSTOM_ERROR_TOPIC, "add_error", "CUSTOMER_ADD_ERROR", "m-1", ["C"]),
+        (CUSTOM_ERROR_TOPIC, "edit_error", "CUSTOMER_EDIT_ERROR", None, ["D"]),
+    ]
+    # every alarm has its own new id; an event without msgId gets no sourceMsgId key
+    ids = [json.loads(n.body)["payload"]["msgId"] for n in built]
+    assert ids == [expected_id(i) for i in range(1, 6)]
+    assert "sourceMsgId" not in json.loads(built[-1].body)["payload"]
+
+
+def test_alarm_row_keeps_topic_and_payload() -> None:
+    """alarm_row stores an alarm's topic and payload for the alarm worker, all under one key."""
+    alarm = alarms.build(
+        error_topic=CUSTOM_ERROR_TOPIC,
+        op="add",
+        code=CODE_SINK_GAVE_UP,
+        msg="sink crm gave up: x",
+        records=[customer()],
+        errors=(),
+        source_msg_id="m-1",
+        now_ms=NOW_MS,
+        alarm_id=expected_id(1),
+    )
+
+    new = alarm_row(alarm)
+
+    assert (new.target, new.okey) == (ALARMS, "")
+    assert json.loads(new.body) == {"topic": CUSTOM_ERROR_TOPIC, "payload": alarm.payload}
+
+
+# events
+
+
+@pytest.mark.parametrize("custom", [False, True], ids=["standard", "customization"])
+def test_downstream_event_round_trips_through_its_dict(custom: bool) -> None:
+    """DownstreamEvent.from_dict(e.to_dict()) == e, directly and through the spool's JSON."""
+    original = event("A", 7, custom=custom, op=Op.EDIT)
+
+    assert DownstreamEvent.from_dict(original.to_dict()) == original
+    body = event_row(SINK, original).body
+    assert DownstreamEvent.from_dict(json.loads(body)) == original
+    assert set(original.to_dict()) == {
+        "op",
+        "tenant",
+        "projectId",
+        "version",
+        "vendor",
+        "msgId",
+        "reportTs",
+        "eventTs",
+        "customer",
+    }
+
+
+def test_event_rows_share_an_ordering_key_per_customer() -> None:
+    """Rows of one (tenant, projectId, id) share an ordering key; other customers differ."""
+    key = event_row(SINK, event("A", 1)).okey
+
+    assert event_row(SINK, event("A", 2, op=Op.DELETE, msg_id="m-9")).okey == key
+    assert event_row(SINK, event("B", 1)).okey != key
+    assert event_row(SINK, event("A", 1, tenant="other")).okey != key
