@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import faulthandler
 import json
 import sys
 from collections.abc import Sequence
@@ -105,6 +106,8 @@ def _run(path: Path) -> int:
 
     cfg = config.load(path)
     logs.configure(cfg.logging.level, cfg.logging.format, redact_personal=cfg.logging.redact)
+    # systemd's watchdog kills with SIGABRT: every thread's stack then lands in the journal.
+    faulthandler.enable()
     return Bridge(cfg, logs.get_logger()).run(path)
 
 

@@ -82,6 +82,7 @@ class Worker:
         kind: str,
         rand: Callable[[], float] = random.random,
         metrics: Metrics | None = None,
+        beat: Callable[[], None] = lambda: None,
     ) -> None:
         self.name = name
         self._send = send
@@ -94,6 +95,7 @@ class Worker:
         self._kind = kind
         self._rand = rand
         self._metrics = metrics
+        self._beat = beat
         self.delivered = 0
         self.retries = 0
         self.dead = 0
@@ -114,6 +116,7 @@ class Worker:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
+            self._beat()  # the watchdog hears from us at least once a second, even idle
             try:
                 if not self.step():
                     self._idle()

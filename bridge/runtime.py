@@ -18,6 +18,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -41,6 +42,7 @@ from bridge.health import HealthServer
 from bridge.metrics import Metrics, field_label
 from bridge.mqtt import InboundMessage, MqttClient
 from bridge.pipeline import Disposition, Outcome, Pipeline
+from bridge.sdnotify import Notifier, Watchdog
 from bridge.sinks import SinkContext, build_sinks
 from bridge.spool import ALARMS, NewRow, Row, Spool, SpoolError
 
@@ -100,6 +102,14 @@ class Bridge:
         self.spool_writable = True
         self.metrics = Metrics()
         self.health: HealthServer | None = None
+        self.notifier = Notifier()
+        self.watchdog = Watchdog(
+            self.notifier,
+            stale_after=self.notifier.watchdog_interval or 30.0,
+            on_stale=self._on_stale,
+        )
+        self.watchdog.register("intake")
+        self._status = ""
         self._stopped = threading.Event()
         self._queue: queue.Queue[InboundMessage | None] = queue.Queue()
         selection = config.subscription.selection()
@@ -128,6 +138,7 @@ class Bridge:
                 gave_up=lambda _rows, _reason: [],
                 kind="alarm",
                 metrics=self.metrics,
+                beat=self._beat_for(ALARMS),
             )
         )
         self.metrics.watch(
@@ -163,6 +174,10 @@ class Bridge:
             worker.start()
         self._intake.start()
         self.mqtt.start()
+        self.watchdog.start()
+        # Ready without waiting for the broker: a broker that is down must not fail the start.
+        self.notifier.ready()
+        self._update_status()
         self.log.info(
             "started",
             filters=self.pipeline.selection.filters(),
@@ -189,6 +204,8 @@ class Bridge:
         """Stop taking messages, store and ack those taken, stop workers, disconnect."""
         if self._stopped.is_set():
             return
+        self.notifier.stopping()
+        self.watchdog.stop()
         self.log.info("stopping", queued=self._queue.qsize(), spool_pending=self.spool.pending)
         self.stopping.set()
         self._queue.put(None)
@@ -228,6 +245,7 @@ class Bridge:
         try:
             self.start()
             while not requested.wait(0.5):
+                self._update_status()
                 if reload_asked.is_set():
                     reload_asked.clear()
                     if config_path is None:
@@ -276,7 +294,32 @@ class Bridge:
             gave_up=functools.partial(self._give_up_alarms, target.sink.name),
             kind="event",
             metrics=self.metrics,
+            beat=self._beat_for(target.sink.name),
         )
+
+    def _beat_for(self, worker: str) -> Callable[[], None]:
+        name = f"deliver-{worker}"
+        self.watchdog.register(name)
+        return functools.partial(self.watchdog.beat, name)
+
+    def _on_stale(self, silent: Mapping[str, float]) -> None:
+        if silent:
+            self.log.error("watchdog_withheld", silent={k: round(v, 1) for k, v in silent.items()})
+        else:
+            self.log.info("watchdog_resumed")
+
+    def _update_status(self) -> None:
+        if not self.spool_writable:
+            text = "spool not writable; nothing is acknowledged"
+        elif self.backpressure:
+            text = f"back-pressure: spool full ({self.spool.pending} rows)"
+        elif self.mqtt.subscribed.is_set():
+            text = f"subscribed; {self.stats.received} messages, {self.spool.pending} pending"
+        else:
+            text = "connecting to the broker"
+        if text != self._status:
+            self._status = text
+            self.notifier.status(text)
 
     def reload(self, path: Path) -> bool:
         """Re-read the config and swap sinks, routes and delivery settings; keep the rest.
@@ -286,11 +329,13 @@ class Bridge:
         whole by the old or the new sinks, and acknowledged once.
         """
         self.log.info("reloading", config=str(path))
+        self.notifier.reloading()
         try:
             new = config_module.load(path)
             targets = self._build_targets(new)
         except ConfigError as exc:
             self.log.error("reload_rejected", reason=str(exc))
+            self.notifier.ready()
             return False
         needs_restart = [
             section
@@ -306,6 +351,7 @@ class Bridge:
                 update={"sinks": new.sinks, "delivery": new.delivery}
             )
         for worker in old_workers:
+            self.watchdog.unregister(f"deliver-{worker.name}")
             worker.stop()
         for worker in old_workers:
             worker.join(DRAIN_TIMEOUT)
@@ -317,6 +363,7 @@ class Bridge:
         for worker in fresh:
             worker.start()
         self.log.info("reloaded", sinks=[t.sink.name for t in targets])
+        self.notifier.ready()
         return True
 
     # intake
@@ -332,7 +379,11 @@ class Bridge:
     def _work(self) -> None:
         done = False
         while not done:
-            first = self._queue.get()
+            self.watchdog.beat("intake")
+            try:
+                first = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                continue
             if first is None:
                 return
             batch = [first]
@@ -360,6 +411,7 @@ class Bridge:
             if not self.backpressure:
                 self.backpressure = True
                 self.log.warning("backpressure_on", spool_pending=self.spool.pending, limit=limit)
+            self.watchdog.beat("intake")
             self.stopping.wait(0.2)
         if self.backpressure:
             self.backpressure = False
@@ -420,6 +472,7 @@ class Bridge:
                 if not failing:
                     self.log.error("spool_write_failed", reason=str(exc), messages=len(keys))
                     failing = True
+                self.watchdog.beat("intake")
                 if self.stopping.wait(delay):
                     return False
                 delay = min(delay * 2, 5.0)
