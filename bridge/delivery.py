@@ -96,6 +96,7 @@ class Worker:
         self._rand = rand
         self._metrics = metrics
         self._beat = beat
+        self._undeleted: list[int] = []
         self.delivered = 0
         self.retries = 0
         self.dead = 0
@@ -112,7 +113,8 @@ class Worker:
 
     def join(self, timeout: float) -> None:
         """Wait for the worker to finish its current batch after `stopping` is set."""
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -136,6 +138,11 @@ class Worker:
 
     def step(self) -> bool:
         """Send one batch if one is due; False when there was nothing to do."""
+        if self._undeleted:
+            # Delivered, but the spool could not record it: finish that before sending
+            # anything, or the same batch would go out again every second.
+            self._spool.done(self._undeleted)
+            self._undeleted = []
         rows = self._spool.due(self.name, self._batch_size)
         if not rows:
             return False
@@ -150,7 +157,11 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - a sink's bug must not stop the stream
             self._failed(rows, f"{type(exc).__name__} in sink", permanent=False)
         else:
-            self._spool.done([row.id for row in rows])
+            try:
+                self._spool.done([row.id for row in rows])
+            except SpoolError:
+                self._undeleted = [row.id for row in rows]
+                raise
             self.delivered += len(rows)
             if self._metrics is not None:
                 self._metrics.forwarded.labels(sink=self.name).inc(len(rows))

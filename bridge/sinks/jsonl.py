@@ -14,6 +14,18 @@ from bridge.events import DownstreamEvent
 from bridge.sinks.base import SinkConfigBase, SinkContext
 
 
+def _ends_mid_line(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() == 0:
+                return False
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
+
+
 class JsonlConfig(SinkConfigBase):
     """`type: jsonl`: append to `path`; `fsync: true` also forces each batch to disk."""
 
@@ -38,7 +50,12 @@ class JsonlSink:
     def _open(self) -> IO[str]:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            torn = _ends_mid_line(self.path)
             self._file = self.path.open("a", encoding="utf-8")
+            if torn:
+                # A kill during a write left half a line; that batch is sent again, and
+                # its first record must not be glued onto the fragment.
+                self._file.write("\n")
         return self._file
 
     def send(self, events: Sequence[DownstreamEvent]) -> None:

@@ -1,0 +1,679 @@
+"""Fault-injection kit: real mosquitto, real `bridge run` processes, every message counted.
+
+Each message carries a unique msgId. Valid ones hold one add record (so exactly one
+downstream event each); about 5% hold one invalid record (so exactly one alarm each, whose
+`sourceMsgId` names the message). A scenario ends by comparing what came out (the jsonl
+file or the webhook receiver, and an alarm probe on a persistent session) with what was
+sent, by msgId: lost, duplicated, unexpected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import resource
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+from brokers import LOOPBACK, Mosquitto, MqttProbe, free_port
+from paho.mqtt.enums import CallbackAPIVersion
+
+TENANT = "acme"
+PROJECT = "42"
+TOPIC = f"{TENANT}/proj_{PROJECT}/v1-business-model-customer"
+ERROR_TOPIC = f"{TENANT}/proj_{PROJECT}/v1-business-model-error-customer"
+PROFILE: dict[str, Any] = {"poiCode": "s0140001", "appType": "customer", "modelId": 140001}
+REPORT_TS = 1661154622
+EVENT_TS = 1661154622000
+ALARM_BATCH = 50  # bridge.runtime.ALARM_BATCH: alarm rows the alarm worker publishes per batch
+
+FAILED = pytest.StashKey[bool]()
+"""Set on a test item by tests/faults/conftest.py: whether the test body failed."""
+
+WAIT = 20.0  # seconds for something the bridge should do promptly
+DRAIN = 90.0  # seconds for a whole stream to come through (pytest times out at 120)
+
+
+# --- traffic ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One inbound message and what it should become downstream."""
+
+    msg_id: str
+    customer_id: str
+    seq: int
+    valid: bool
+    payload: bytes
+    topic: str = TOPIC
+
+
+def envelope(msg_id: str, customer_id: str, seq: int, *, valid: bool) -> bytes:
+    """An add envelope with one record; an invalid one has an unreadable `age`."""
+    record: dict[str, Any] = {
+        "id": customer_id,
+        "projectId": "1117745722292428800",
+        "name": "张三",
+        "phone": "13800138000",
+        "remark": str(seq),
+    }
+    if not valid:
+        record["age"] = "年龄"  # not a number: rejected even in lenient mode
+    document = {
+        "msgId": msg_id,
+        "reportTs": REPORT_TS,
+        "profile": PROFILE,
+        "events": {"add": {"eventTs": EVENT_TS, "eventType": 1, "customerList": [record]}},
+    }
+    return json.dumps(document, ensure_ascii=False).encode()
+
+
+def traffic(
+    count: int,
+    prefix: str,
+    *,
+    seed: int,
+    customers: int | None = None,
+    invalid_share: float = 0.05,
+) -> list[Message]:
+    """`count` messages. Without `customers`, each record's id is `c-<msgId>`; with it,
+    records cycle over `customers` ids and `remark` holds each customer's sequence number."""
+    rng = random.Random(seed)
+    made = []
+    for n in range(count):
+        msg_id = f"{prefix}-{n:05d}"
+        if customers is None:
+            customer_id, seq = f"c-{msg_id}", 0
+        else:
+            customer_id, seq = f"cust-{n % customers:03d}", n // customers
+        valid = rng.random() >= invalid_share
+        made.append(
+            Message(
+                msg_id, customer_id, seq, valid, envelope(msg_id, customer_id, seq, valid=valid)
+            )
+        )
+    return made
+
+
+# --- publishing ---------------------------------------------------------------------------------
+
+
+class Publisher:
+    """Publishes messages at QoS 1 from a background thread, as fast as the broker acks.
+
+    A persistent session and paho's own queue carry it across broker restarts: messages not
+    acknowledged when the connection drops are sent again (with DUP) on reconnect. `allow(n)`
+    lets it publish the first `n` messages only (all by default).
+    """
+
+    def __init__(self, mosquitto: Mosquitto, messages: Sequence[Message], inflight: int = 100):
+        self.messages = list(messages)
+        self._allowed = len(self.messages)
+        self._gate = threading.Condition()
+        self._acked: set[int] = set()  # mids the broker acknowledged (5,000 never wrap)
+        client_id = f"fault-pub-{uuid.uuid4().hex[:8]}"
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+        )
+        self.client.max_inflight_messages_set(inflight)
+        self.client.max_queued_messages_set(0)
+        self.client.reconnect_delay_set(1, 2)
+        self.client.on_publish = self._on_publish
+        self._host, self._port = mosquitto.host, mosquitto.port
+        self._thread = threading.Thread(target=self._run, name="fault-publisher", daemon=True)
+        self._stop = threading.Event()
+
+    def start(self, allowed: int | None = None) -> Publisher:
+        """Connect and start publishing (the first `allowed` messages, if given)."""
+        if allowed is not None:
+            self._allowed = allowed
+        self.client.connect(self._host, self._port, 30)
+        self.client.loop_start()
+        self._thread.start()
+        return self
+
+    def allow(self, count: int) -> None:
+        """Let the publisher go on up to message `count`."""
+        with self._gate:
+            self._allowed = count
+            self._gate.notify_all()
+
+    def _run(self) -> None:
+        for index, message in enumerate(self.messages):
+            with self._gate:
+                self._gate.wait_for(lambda i=index: i < self._allowed or self._stop.is_set())
+            if self._stop.is_set():
+                return
+            # Not connected (the broker restarting): paho keeps it and sends it on reconnect.
+            self.client.publish(message.topic, message.payload, qos=1)
+
+    def _on_publish(self, _client: Any, _userdata: Any, mid: int, *_args: Any) -> None:
+        with self._gate:
+            self._acked.add(mid)
+
+    @property
+    def acked(self) -> int:
+        """How many messages the broker has acknowledged."""
+        with self._gate:
+            return len(self._acked)
+
+    def wait(self, count: int | None = None, timeout: float = DRAIN) -> None:
+        """Wait until the broker acknowledged `count` messages (all allowed by default)."""
+        want = self._allowed if count is None else count
+        deadline = time.monotonic() + timeout
+        while self.acked < want:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"broker acked {self.acked} of {want} in {timeout}s")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        """Stop publishing and disconnect."""
+        self._stop.set()
+        with self._gate:
+            self._gate.notify_all()
+        with contextlib.suppress(Exception):
+            self.client.disconnect()
+        self.client.loop_stop()
+
+
+class AlarmProbe(MqttProbe):
+    """Subscribes to the error topic on a persistent session (so that no alarm is missed while
+    it reconnects) and counts alarms by `sourceMsgId`."""
+
+    def __init__(self, mosquitto: Mosquitto) -> None:
+        super().__init__(
+            mosquitto.host,
+            mosquitto.port,
+            client_id=f"fault-alarms-{uuid.uuid4().hex[:8]}",
+            clean_session=False,
+        )
+        self.client.reconnect_delay_set(1, 2)
+
+    def open(self) -> AlarmProbe:
+        """Connect and subscribe to the error topic at QoS 1."""
+        self.connect()
+        self.subscribe(ERROR_TOPIC, qos=1)
+        return self
+
+    def alarms(self) -> list[dict[str, Any]]:
+        """Every alarm received so far, repeats included."""
+        return [json.loads(payload) for topic, payload in self.messages if topic == ERROR_TOPIC]
+
+    def source_ids(self) -> list[str]:
+        """The `sourceMsgId` of every alarm received so far, repeats included."""
+        return [alarm.get("sourceMsgId", "?") for alarm in self.alarms()]
+
+
+def fault_mosquitto(workdir: Path, *extra: str) -> Mosquitto:
+    """A mosquitto that persists (autosaving every second) and never drops a queued message."""
+    return Mosquitto(
+        workdir,
+        persistence=True,
+        max_queued_messages=0,
+        extra_config=["autosave_interval 1", *extra],
+    )
+
+
+# --- the bridge ---------------------------------------------------------------------------------
+
+
+def bridge_config(
+    mosquitto: Mosquitto,
+    sinks: list[dict[str, Any]],
+    spool: Path,
+    *,
+    client_id: str,
+    spool_options: dict[str, Any] | None = None,
+    delivery: dict[str, Any] | None = None,
+    broker: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A bridge config for a fault scenario: MQTT 5 persistent session, quick retries."""
+    return {
+        "broker": {
+            "host": mosquitto.host,
+            "port": mosquitto.port,
+            "protocol": "5",
+            "client_id": client_id,
+            "reconnect": {"min_delay": 1, "max_delay": 2},
+            **(broker or {}),
+        },
+        "sinks": sinks,
+        "spool": {"path": str(spool), **(spool_options or {})},
+        "delivery": {"initial_backoff": 0.05, "max_backoff": 0.5, **(delivery or {})},
+        "health": {"port": 0},  # several bridges may run at once
+        "logging": {"level": "info", "format": "json"},
+    }
+
+
+class Bridge:
+    """One `python -m bridge run` subprocess. Its stdout (the JSON log) and stderr come through
+    pipes (so that a file-size limit on the bridge does not reach its log) and are copied to
+    files in `workdir` by reader threads; parsed log events are kept in memory."""
+
+    def __init__(self, workdir: Path, name: str, config: dict[str, Any]) -> None:
+        self.name = name
+        self.workdir = workdir
+        self.config_path = workdir / f"{name}.yaml"
+        self.config_path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+        self.stdout_path = workdir / f"{name}.stdout"
+        self.stderr_path = workdir / f"{name}.stderr"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._readers: list[threading.Thread] = []
+
+    def start(self, file_size_limit: int | None = None) -> Bridge:
+        """Start the bridge; with `file_size_limit` no file it writes may grow past that many
+        bytes (RLIMIT_FSIZE, set on the running child: the hard limit stays, so `lift_limit`
+        can take it away). Python ignores SIGXFSZ, so a write past it fails with EFBIG."""
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "run", "-c", str(self.config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=self.workdir,
+            env=env,
+        )
+        if file_size_limit is not None:
+            # Popen returns once the child has exec'd: the bridge has not opened its spool yet
+            # (and writes nothing to it before a message comes, which the test sends later).
+            limit = (file_size_limit, resource.RLIM_INFINITY)
+            resource.prlimit(self.proc.pid, resource.RLIMIT_FSIZE, limit)
+        assert self.proc.stdout is not None
+        assert self.proc.stderr is not None
+        self._readers = [
+            threading.Thread(target=self._copy, args=(self.proc.stdout, self.stdout_path, True)),
+            threading.Thread(target=self._copy, args=(self.proc.stderr, self.stderr_path, False)),
+        ]
+        for reader in self._readers:
+            reader.daemon = True
+            reader.start()
+        return self
+
+    def _copy(self, stream: Any, path: Path, parse: bool) -> None:
+        with stream, path.open("ab") as out:
+            for line in iter(stream.readline, b""):
+                out.write(line)
+                out.flush()
+                if not parse:
+                    continue
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(event, dict):
+                    with self._lock:
+                        self._events.append(event)
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is alive."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The log events so far (those named `name`, if given)."""
+        with self._lock:
+            return [e for e in self._events if name is None or e.get("event") == name]
+
+    def count(self, name: str) -> int:
+        """How many events named `name` were logged."""
+        with self._lock:
+            return sum(1 for e in self._events if e.get("event") == name)
+
+    def log(self) -> str:
+        """stdout and stderr so far, for failure messages."""
+        parts = []
+        for path in (self.stdout_path, self.stderr_path):
+            text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+            parts.append(f"--- {path.name} ---\n{text[-6000:]}")
+        return "\n".join(parts)
+
+    def stderr(self) -> str:
+        """What the bridge wrote on stderr (complete once it exited)."""
+        self._join_readers()
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_event(self, name: str, count: int = 1, timeout: float = WAIT) -> dict[str, Any]:
+        """Wait until `count` events named `name` were logged; return the last of them."""
+        wait_until(lambda: self.count(name) >= count, timeout, f"{count} x {name}", self)
+        return self.events(name)[count - 1]
+
+    def wait_ready(self, timeout: float = WAIT) -> Bridge:
+        """Wait for the `subscribed` event."""
+        self.wait_event("subscribed", timeout=timeout)
+        return self
+
+    def lift_limit(self) -> None:
+        """Let the bridge's files grow again (the disk has room once more)."""
+        assert self.proc is not None
+        unlimited = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+        resource.prlimit(self.proc.pid, resource.RLIMIT_FSIZE, unlimited)
+
+    def kill(self) -> int:
+        """SIGKILL and wait."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.kill()
+        code = self.proc.wait(WAIT)
+        self._join_readers()
+        return code
+
+    def terminate(self, timeout: float = 45.0) -> int:
+        """SIGTERM and wait for the exit status (SIGKILL and fail after `timeout`)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(
+                f"{self.name} ignored SIGTERM for {timeout}s\n{self.log()}"
+            ) from None
+        self._join_readers()
+        return code
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """The exit status, or None if the process still runs after `timeout` seconds."""
+        assert self.proc is not None
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        self._join_readers()
+        return code
+
+    def _join_readers(self) -> None:
+        for reader in self._readers:
+            reader.join(5.0)
+
+
+class Bridges:
+    """Makes bridge processes for one test and kills those still running at the end."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.made: list[Bridge] = []
+
+    def __call__(self, config: dict[str, Any], name: str = "bridge") -> Bridge:
+        bridge = Bridge(self.workdir, f"{name}{len(self.made)}", config)
+        self.made.append(bridge)
+        return bridge
+
+    def close(self, show_logs: bool) -> None:
+        """Kill the survivors; print every log if `show_logs` (the test failed)."""
+        for bridge in self.made:
+            if bridge.running:
+                bridge.kill()
+            if show_logs and bridge.proc is not None:
+                print(bridge.log())
+
+
+def wait_until(
+    probe: Callable[[], Any], timeout: float, what: str | Callable[[], str], bridge: Bridge | None
+) -> Any:
+    """Poll `probe` until truthy; fail naming `what` after `timeout` or if `bridge` exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        described = what() if callable(what) else what
+        if bridge is not None and not bridge.running:
+            value = probe()
+            if value:
+                return value
+            code = bridge.proc.returncode if bridge.proc else None
+            raise AssertionError(f"bridge exited ({code}) waiting for {described}\n{bridge.log()}")
+        if time.monotonic() >= deadline:
+            tail = f"\n{bridge.log()}" if bridge is not None else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {described}{tail}")
+        time.sleep(0.05)
+
+
+def outbox_rows(spool: Path) -> int:
+    """Rows left in the spool's outbox (the database opened read-only)."""
+    db = sqlite3.connect(f"file:{spool}?mode=ro", uri=True)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+    finally:
+        db.close()
+
+
+# --- the jsonl sink's output --------------------------------------------------------------------
+
+
+@dataclass
+class JsonlOutput:
+    """The lines of a jsonl sink's file: events, and lines that are not JSON (torn writes)."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)
+
+
+def read_jsonl(path: Path) -> JsonlOutput:
+    """Parse every finished line of `path`; a line being written is not counted yet."""
+    out = JsonlOutput()
+    if not path.exists():
+        return out
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break
+        try:
+            out.events.append(json.loads(line))
+        except ValueError:
+            out.broken.append(line)
+    return out
+
+
+def count_lines(path: Path) -> int:
+    """Finished lines in `path`, cheaply."""
+    if not path.exists():
+        return 0
+    with path.open("rb") as f:
+        return f.read().count(b"\n")
+
+
+# --- the webhook receiver -----------------------------------------------------------------------
+
+
+class HookServer:
+    """An HTTP receiver on a fixed loopback port that can be down, fail, or take batches.
+
+    `stop()` closes the listening socket and every open keep-alive connection, so the bridge
+    sees a receiver that is gone; `start()` listens on the same port again. Only requests
+    answered 200 count: their events are kept in arrival order.
+    """
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port if port is not None else free_port()
+        self.status = 200
+        self.accepted: list[dict[str, Any]] = []
+        self.answered: Counter[int] = Counter()
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._connections: set[socket.socket] = set()
+
+    @property
+    def url(self) -> str:
+        """Where the bridge sends."""
+        return f"http://{LOOPBACK}:{self.port}/hooks/customers"
+
+    def start(self, status: int = 200) -> None:
+        """Listen on the port and answer `status` to every request."""
+        self.status = status
+        server = _HookHTTPServer((LOOPBACK, self.port), _HookHandler)
+        server.hook = self
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop listening and cut every open connection."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def received(self) -> list[dict[str, Any]]:
+        """A copy of the accepted events, in arrival order."""
+        with self._lock:
+            return list(self.accepted)
+
+    def _take(self, body: bytes) -> int:
+        with self._lock:
+            status = self.status
+            if status == 200:
+                self.accepted.extend(json.loads(body)["events"])
+            self.answered[status] += 1
+            return status
+
+
+class _HookHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    hook: HookServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection cut by stop() is expected; stay quiet."""
+
+
+class _HookHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the bridge's httpx client expects
+    server: _HookHTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.hook._lock:
+            self.server.hook._connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.hook._lock:
+            self.server.hook._connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def do_POST(self) -> None:
+        """Take (200) or refuse (anything else) the batch."""
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        status = self.server.hook._take(body)
+        answer = json.dumps({"status": status}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Keep the test output clean."""
+
+
+# --- counting -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Figures:
+    """What came out of a scenario, by msgId."""
+
+    scenario: str
+    sent: int
+    valid: int
+    invalid: int
+    forwarded: int
+    alarmed: int
+    lost: list[str]
+    duplicated_events: int
+    duplicated_alarms: int
+    unexpected: list[str]
+
+    @property
+    def duplicated(self) -> int:
+        """Extra copies downstream: events and alarms."""
+        return self.duplicated_events + self.duplicated_alarms
+
+    def line(self) -> str:
+        """The per-scenario report line."""
+        return (
+            f"[faults] {self.scenario}: sent={self.sent} (valid {self.valid}, invalid "
+            f"{self.invalid}) forwarded={self.forwarded} alarmed={self.alarmed} "
+            f"lost={len(self.lost)} duplicated={self.duplicated} "
+            f"(events {self.duplicated_events}, alarms {self.duplicated_alarms})"
+        )
+
+
+def tally(
+    scenario: str,
+    messages: Sequence[Message],
+    forwarded_ids: Iterable[str | None],
+    alarmed_ids: Iterable[str | None],
+) -> Figures:
+    """Compare what came out with what was sent; `forwarded` and `alarmed` count distinct ids."""
+    valid = {m.msg_id for m in messages if m.valid}
+    invalid = {m.msg_id for m in messages if not m.valid}
+    events = Counter(str(i) for i in forwarded_ids)
+    alarms = Counter(str(i) for i in alarmed_ids)
+    lost = sorted((valid - events.keys()) | (invalid - alarms.keys()))
+    unexpected = sorted((events.keys() - valid) | (alarms.keys() - invalid))
+    return Figures(
+        scenario=scenario,
+        sent=len(messages),
+        valid=len(valid),
+        invalid=len(invalid),
+        forwarded=len(events.keys() & valid),
+        alarmed=len(alarms.keys() & invalid),
+        lost=lost,
+        duplicated_events=sum(n - 1 for n in events.values()),
+        duplicated_alarms=sum(n - 1 for n in alarms.values()),
+        unexpected=unexpected,
+    )
+
+
+def report(figures: Figures, extra: str = "") -> None:
+    """Print the scenario's line (shown with `pytest -s`)."""
+    print(f"\n{figures.line()}{(' ' + extra) if extra else ''}", flush=True)
+
+
+def all_out(
+    messages: Sequence[Message],
+    forwarded: Callable[[], Iterable[str | None]],
+    alarmed: Callable[[], Iterable[str | None]],
+) -> Callable[[], bool]:
+    """A probe: every valid message forwarded and every invalid one alarmed."""
+    valid = {m.msg_id for m in messages if m.valid}
+    invalid = {m.msg_id for m in messages if not m.valid}
+
+    def done() -> bool:
+        return valid <= set(forwarded()) and invalid <= set(alarmed())
+
+    return done
