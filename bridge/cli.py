@@ -72,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rounds", type=int, default=0, help="rounds of traffic (0: until Ctrl-C)")
     demo.add_argument("--interval", type=float, default=5.0, help="seconds between rounds")
     demo.add_argument("--out", type=Path, default=Path("out"), help="where the jsonl file goes")
+    demo.add_argument(
+        "--platforms",
+        action="store_true",
+        help="also report to local stand-ins of Quick Audience (3.0, 2.0) and the mobile API",
+    )
     return parser
 
 
@@ -89,7 +94,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _dead_letters(args)
         from bridge.demo import run_demo  # noqa: PLC0415 - only the demo needs paho's test client
 
-        return run_demo(port=args.port, rounds=args.rounds, interval=args.interval, out=args.out)
+        return run_demo(
+            port=args.port,
+            rounds=args.rounds,
+            interval=args.interval,
+            out=args.out,
+            platforms=args.platforms,
+        )
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -3,6 +3,9 @@
 A stand-in for the platform publishes valid and invalid envelopes (the source
 document's samples among them); the demo prints what the bridge forwarded (via
 its mqtt republish sink) and the alarms it published, with personal data masked.
+With `platforms`, the bridge also reports to local stand-ins of Quick Audience
+(API 3.0 and the 2.0 OpenAPI) and of the mobile event API, and the demo prints
+what each of them took.
 """
 
 from __future__ import annotations
@@ -24,6 +27,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from bridge import config, logs
 from bridge.errors import BrokerError
 from bridge.runtime import Bridge
+from bridge.standins import (
+    MobileEventsStandIn,
+    QuickAudienceOpenApiStandIn,
+    QuickAudienceStandIn,
+    StandIn,
+)
 
 TENANT = "demo-tenant"
 PROJECT = "1001"
@@ -32,6 +41,13 @@ CUSTOM = f"{TENANT}/proj_{PROJECT}/v2-customization-海康威视-customer"
 FORWARDED = "demo/forwarded/{tenant}/{op}"
 _PROFILE = {"poiCode": "s0140001", "appType": "customer", "modelId": 140001}
 _NAMES = ["李雷", "韩梅梅", "王芳", "张伟", "Chen Jing", "Liu Yang"]
+# Made-up credentials that the stand-ins check signatures against.
+_APP_ID = "demo-app"
+_ACCESS_ID = "demo-access-id"
+_ORGANIZATION_ID = "demo-organization"
+_ACCESS_KEY = "demo-access-key"
+_ACCESS_SECRET = "demo-access-secret"  # noqa: S105 - a stand-in's, not a real secret
+_API_KEY = "demo-api-key"
 
 
 def _sample(name: str) -> bytes:
@@ -122,9 +138,118 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def run_demo(*, port: int, rounds: int, interval: float, out: Path) -> int:
+def _platform_sinks(
+    qa: QuickAudienceStandIn, openapi: QuickAudienceOpenApiStandIn, mobile: MobileEventsStandIn
+) -> list[dict[str, Any]]:
+    """Sink configs that report to the three stand-ins."""
+    account = {"access_id": _ACCESS_ID, "organization_id": _ORGANIZATION_ID}
+    return [
+        {
+            "type": "quick_audience",
+            "name": "quick_audience",
+            "endpoint": qa.url,
+            "app_id": _APP_ID,
+            "access_key": _ACCESS_KEY,
+            "access_secret": _ACCESS_SECRET,
+            **account,
+        },
+        {
+            "type": "quick_audience_openapi",
+            "name": "quick_audience_openapi",
+            "endpoint": openapi.url,
+            "access_key_id": _ACCESS_KEY,
+            "access_key_secret": _ACCESS_SECRET,
+            **account,
+        },
+        {
+            "type": "mobile_events",
+            "name": "mobile_events",
+            "base_url": mobile.url,
+            "api_key": _API_KEY,
+            "app_id": "io.example.customer-bridge",
+            "platform": "server",
+        },
+    ]
+
+
+def _masked(item: dict[str, Any]) -> str:
+    """An item a stand-in took, with identities and personal fields masked."""
+    shown = dict(item)
+    if isinstance(shown.get("customerIdList"), list):
+        shown["customerIdList"] = [
+            {**entry, "customerId": logs.mask(entry.get("customerId", ""))}
+            for entry in shown["customerIdList"]
+        ]
+    return json.dumps(logs.redact(shown), ensure_ascii=False, separators=(",", ":"))
+
+
+def _settle(standins: list[StandIn], timeout: float = 10.0) -> None:
+    """Wait until the stand-ins have seen no request for a second (or `timeout` passed)."""
+    deadline = time.monotonic() + timeout
+    seen, quiet_since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        count = sum(len(standin.requests) for standin in standins)
+        if count != seen:
+            seen, quiet_since = count, time.monotonic()
+        elif time.monotonic() - quiet_since >= 1.0:
+            return
+        time.sleep(0.1)
+
+
+def _show_platforms(standins: list[StandIn]) -> None:
+    for standin in standins:
+        refused = sum(1 for request in standin.requests if request.status != 200)
+        print(
+            f"\n{standin.kind} stand-in on 127.0.0.1:{standin.port}: "
+            f"{len(standin.requests)} request(s), {refused} refused, "
+            f"took {len(standin.accepted)} event(s), {standin.duplicates} duplicate(s) dropped"
+        )
+        if isinstance(standin, QuickAudienceOpenApiStandIn):
+            for identity in standin.identities:
+                print(f"    identity {_masked(identity)}")
+        for item in standin.accepted:
+            print(f"    event    {_masked(item)}")
+
+
+def run_demo(*, port: int, rounds: int, interval: float, out: Path, platforms: bool = False) -> int:
     """Run the demo; `rounds=0` keeps going until Ctrl-C."""
     port = port or _free_port()
+    standins: list[StandIn] = []
+    sinks: list[dict[str, Any]] = []
+    if platforms:
+        qa = QuickAudienceStandIn(
+            app_id=_APP_ID,
+            access_key=_ACCESS_KEY,
+            access_secret=_ACCESS_SECRET,
+            access_id=_ACCESS_ID,
+            organization_id=_ORGANIZATION_ID,
+        )
+        openapi = QuickAudienceOpenApiStandIn(
+            access_key_id=_ACCESS_KEY,
+            access_key_secret=_ACCESS_SECRET,
+            access_id=_ACCESS_ID,
+            organization_id=_ORGANIZATION_ID,
+        )
+        mobile = MobileEventsStandIn(api_key=_API_KEY)
+        standins = [qa, openapi, mobile]
+        for standin in standins:
+            standin.start()
+        sinks = _platform_sinks(qa, openapi, mobile)
+    try:
+        return _run(port, rounds, interval, out, sinks, standins)
+    finally:
+        for standin in standins:
+            standin.stop()
+
+
+def _run(
+    port: int,
+    rounds: int,
+    interval: float,
+    out: Path,
+    platform_sinks: list[dict[str, Any]],
+    standins: list[StandIn],
+) -> int:
     # A fresh spool each run: the documented samples carry no msgId, so a spool kept
     # from an earlier run would drop them as duplicates.
     spool_dir = Path(tempfile.mkdtemp(prefix="bridge-demo-"))
@@ -140,6 +265,7 @@ def run_demo(*, port: int, rounds: int, interval: float, out: Path) -> int:
             "sinks": [
                 {"type": "jsonl", "name": "file", "path": str(jsonl)},
                 {"type": "mqtt", "name": "republish", "topic": FORWARDED},
+                *platform_sinks,
             ],
             "spool": {"path": str(spool_dir / "spool.db")},
             "health": {"port": 0},
@@ -150,6 +276,8 @@ def run_demo(*, port: int, rounds: int, interval: float, out: Path) -> int:
     bridge = Bridge(cfg, logs.get_logger())
     print(f"bridge demo: embedded MQTT broker on 127.0.0.1:{port}")
     print(f"  subscribed to {cfg.subscription.selection().filters()}; records also go to {jsonl}")
+    for standin in standins:
+        print(f"  {standin.kind} stand-in on {standin.url}")
     bridge.start()
     watcher: _Watcher | None = None
     try:
@@ -171,6 +299,7 @@ def run_demo(*, port: int, rounds: int, interval: float, out: Path) -> int:
             if rounds == 0 or done < rounds:
                 time.sleep(interval)
         time.sleep(1.0)
+        _settle(standins)
         platform.disconnect()
         platform.loop_stop()
     except KeyboardInterrupt:
@@ -179,6 +308,7 @@ def run_demo(*, port: int, rounds: int, interval: float, out: Path) -> int:
         if watcher is not None:
             watcher.close()
         bridge.stop()
+    _show_platforms(standins)
     stats = bridge.summary()
     print(
         f"\nbridge summary: received {stats['received']}, forwarded {stats['forwarded']} "

@@ -15,12 +15,22 @@ from bridge.errors import ConfigError
 from bridge.sinks.base import Route, Sink, SinkConfigBase, SinkContext
 from bridge.sinks.jsonl import JsonlConfig
 from bridge.sinks.log import LogConfig
+from bridge.sinks.mobile_events import MobileEventsConfig
 from bridge.sinks.python import PythonConfig
+from bridge.sinks.quick_audience import QuickAudienceConfig
+from bridge.sinks.quick_audience_openapi import QuickAudienceOpenApiConfig
 from bridge.sinks.republish import RepublishConfig
 from bridge.sinks.webhook import WebhookConfig
 
 SinkConfig = Annotated[
-    JsonlConfig | LogConfig | RepublishConfig | PythonConfig | WebhookConfig,
+    JsonlConfig
+    | LogConfig
+    | RepublishConfig
+    | PythonConfig
+    | WebhookConfig
+    | QuickAudienceConfig
+    | QuickAudienceOpenApiConfig
+    | MobileEventsConfig,
     Field(discriminator="type"),
 ]
 
