@@ -36,6 +36,7 @@ class Target:
     sink: Sink
     route: Route
     batch_size: int = 100
+    linger: float = 0.0
 
 
 def backoff(attempt: int, config: DeliveryConfig, rand: Callable[[], float]) -> float:
@@ -83,6 +84,7 @@ class Worker:
         rand: Callable[[], float] = random.random,
         metrics: Metrics | None = None,
         beat: Callable[[], None] = lambda: None,
+        linger: float = 0.0,
     ) -> None:
         self.name = name
         self._send = send
@@ -96,6 +98,7 @@ class Worker:
         self._rand = rand
         self._metrics = metrics
         self._beat = beat
+        self._linger = linger
         self._undeleted: list[int] = []
         self.delivered = 0
         self.retries = 0
@@ -146,6 +149,8 @@ class Worker:
         rows = self._spool.due(self.name, self._batch_size)
         if not rows:
             return False
+        if self._linger > 0:
+            rows = self._fill(rows)
         try:
             self._send(rows)
         except SinkError as exc:
@@ -167,6 +172,19 @@ class Worker:
                 self._metrics.forwarded.labels(sink=self.name).inc(len(rows))
             self._log.debug("delivered", records=len(rows), attempt=rows[0].attempts + 1)
         return True
+
+    def _fill(self, rows: list[Row]) -> list[Row]:
+        # Wait up to `linger` after the oldest row was stored for the batch to fill.
+        deadline = min(row.created for row in rows) + self._linger
+        while len(rows) < self._batch_size and not self._stopping.is_set():
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                break
+            version = self._spool.version
+            self._spool.wait_for_change(version, min(remaining, 1.0))
+            self._beat()
+            rows = self._spool.due(self.name, self._batch_size)
+        return rows
 
     def _exhausted(self, row: Row, now: float) -> bool:
         limit = self._config.max_attempts

@@ -278,7 +278,7 @@ class Bridge:
         context = SinkContext(publish=self.mqtt.publish, logger=self.log)
         sinks = build_sinks(config.sinks, context)
         return [
-            Target(sink, entry.route, entry.batch_size)
+            Target(sink, entry.route, entry.batch_size, entry.linger)
             for sink, entry in zip(sinks, config.sinks, strict=True)
         ]
 
@@ -295,6 +295,7 @@ class Bridge:
             kind="event",
             metrics=self.metrics,
             beat=self._beat_for(target.sink.name),
+            linger=target.linger,
         )
 
     def _beat_for(self, worker: str) -> Callable[[], None]:

@@ -73,3 +73,5 @@ class SinkConfigBase(BaseModel):
     name: str | None = Field(default=None, min_length=1, max_length=64)
     route: Route = Route()
     batch_size: int = Field(default=100, ge=1, le=10_000)
+    linger: float = Field(default=0.0, ge=0, le=60)
+    """Seconds the delivery layer may wait for a batch to fill before sending it."""

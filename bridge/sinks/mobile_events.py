@@ -67,8 +67,6 @@ class MobileEventsConfig(SinkConfigBase, MappingSettings):
     sdk_version: str = __version__
     user_agent: str = f"customer-bridge/{__version__}"
     session_id: str = "{msgId}"
-    linger: float = Field(default=0.0, ge=0)
-    """Seconds the delivery layer may wait for a batch to fill before sending it."""
     timeout: float = Field(default=10.0, gt=0)
     verify_tls: bool = True
 

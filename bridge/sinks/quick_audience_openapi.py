@@ -119,8 +119,6 @@ class QuickAudienceOpenApiConfig(SinkConfigBase, MappingSettings, IdentitySettin
     access_key_secret: str = Field(repr=False)
     report_identities: bool = True
     batch_size: int = Field(default=MAX_BATCH, ge=1, le=MAX_BATCH)
-    linger: float = Field(default=0.0, ge=0)
-    """Seconds the delivery layer may wait for a batch to fill before sending it."""
     timeout: float = Field(default=10.0, gt=0)
     verify_tls: bool = True
     retry_error_codes: tuple[str, ...] = ()

@@ -52,8 +52,6 @@ class WebhookConfig(SinkConfigBase):
     method: Literal["POST", "PUT"] = "POST"
     headers: dict[str, str] = Field(default_factory=dict, repr=False)
     timeout: float = Field(default=10.0, gt=0)
-    linger: float = Field(default=0.0, ge=0)
-    """Seconds the delivery layer may wait for a batch to fill before sending it."""
     signature_secret: str | None = Field(default=None, min_length=1, repr=False)
     signature_header: str = "X-Bridge-Signature"
     verify_tls: bool = True

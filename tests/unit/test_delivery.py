@@ -672,3 +672,36 @@ def test_event_rows_share_an_ordering_key_per_customer() -> None:
     assert event_row(SINK, event("A", 2, op=Op.DELETE, msg_id="m-9")).okey == key
     assert event_row(SINK, event("B", 1)).okey != key
     assert event_row(SINK, event("A", 1, tenant="other")).okey != key
+
+
+def test_linger_waits_for_a_batch_to_fill(spool: Spool) -> None:
+    """With `linger`, rows stored shortly after the first one go out in the same batch."""
+    put(spool, event("A", 1))
+    sender = FakeSender()
+    w = Worker(
+        SINK, sender, spool, DeliveryConfig(), threading.Event(),
+        structlog.get_logger(), batch_size=3, gave_up=lambda _r, _w: [], kind="event",
+        linger=2.0,
+    )  # fmt: skip
+    later = threading.Timer(0.1, lambda: put(spool, event("B", 1), event("C", 1)))
+    later.start()
+    started = time.monotonic()
+    assert w.step()
+    later.join()
+    assert sender.batches == [["A:1", "B:1", "C:1"]]
+    assert time.monotonic() - started < 1.5  # sent once full, not at the deadline
+
+
+def test_linger_sends_a_partial_batch_at_its_deadline(spool: Spool) -> None:
+    """A batch that does not fill goes out `linger` seconds after its oldest row."""
+    put(spool, event("A", 1))
+    sender = FakeSender()
+    w = Worker(
+        SINK, sender, spool, DeliveryConfig(), threading.Event(),
+        structlog.get_logger(), batch_size=3, gave_up=lambda _r, _w: [], kind="event",
+        linger=0.3,
+    )  # fmt: skip
+    started = time.monotonic()
+    assert w.step()
+    assert sender.batches == [["A:1"]]
+    assert 0.15 <= time.monotonic() - started < 1.0
