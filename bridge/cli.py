@@ -6,6 +6,7 @@ import argparse
 import base64
 import faulthandler
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -116,7 +117,10 @@ def _run(path: Path) -> int:
     from bridge.runtime import Bridge  # noqa: PLC0415 - keeps `validate` free of paho
 
     cfg = config.load(path)
-    logs.configure(cfg.logging.level, cfg.logging.format, redact_personal=cfg.logging.redact)
+    level = os.environ.get("BRIDGE_LOG_LEVEL", cfg.logging.level).lower()
+    if level not in logs.LEVELS:
+        raise ConfigError("BRIDGE_LOG_LEVEL", f"one of {sorted(logs.LEVELS)}")
+    logs.configure(level, cfg.logging.format, redact_personal=cfg.logging.redact)
     # systemd's watchdog kills with SIGABRT: every thread's stack then lands in the journal.
     faulthandler.enable()
     return Bridge(cfg, logs.get_logger()).run(path)

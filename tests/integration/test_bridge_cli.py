@@ -232,3 +232,21 @@ def test_example_config_round_trips_through_yaml(tmp_path: Path) -> None:
     again = write(tmp_path, yaml.safe_dump(shown, allow_unicode=True))
     result = bridge("check-config", "-c", str(again), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+def test_log_level_from_environment_overrides_config(tmp_path: Path) -> None:
+    """BRIDGE_LOG_LEVEL overrides logging.level; a bad value is a config error (exit 78)."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "broker: {port: 1}\nsinks: [{type: log}]\nspool: {path: " + str(tmp_path / "s.db") + "}\n"
+    )
+    bad = subprocess.run(
+        [sys.executable, "-m", "bridge", "run", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "BRIDGE_LOG_LEVEL": "loud"},
+        check=False,
+    )
+    assert bad.returncode == 78
+    assert "BRIDGE_LOG_LEVEL" in bad.stderr
