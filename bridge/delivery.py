@@ -20,7 +20,7 @@ import structlog
 
 from bridge import alarms
 from bridge.config import DeliveryConfig
-from bridge.errors import BrokerError, PublishRefused, SinkError
+from bridge.errors import BrokerError, Partial, PublishRefused, SinkError
 from bridge.events import DownstreamEvent
 from bridge.metrics import Metrics
 from bridge.sinks import Route, Sink
@@ -152,7 +152,13 @@ class Worker:
         if self._linger > 0:
             rows = self._fill(rows)
         try:
-            self._send(rows)
+            try:
+                self._send(rows)
+            except Partial as partial:
+                # The first rows went out: record them, so a retry does not send them twice.
+                self._delivered(rows[: partial.taken])
+                rows = rows[partial.taken :]
+                raise partial.cause from None
         except SinkError as exc:
             self._failed(rows, str(exc), permanent=exc.permanent)
         except PublishRefused as exc:
@@ -162,16 +168,21 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - a sink's bug must not stop the stream
             self._failed(rows, f"{type(exc).__name__} in sink", permanent=False)
         else:
-            try:
-                self._spool.done([row.id for row in rows])
-            except SpoolError:
-                self._undeleted = [row.id for row in rows]
-                raise
-            self.delivered += len(rows)
-            if self._metrics is not None:
-                self._metrics.forwarded.labels(sink=self.name).inc(len(rows))
-            self._log.debug("delivered", records=len(rows), attempt=rows[0].attempts + 1)
+            self._delivered(rows)
         return True
+
+    def _delivered(self, rows: Sequence[Row]) -> None:
+        if not rows:
+            return
+        try:
+            self._spool.done([row.id for row in rows])
+        except SpoolError:
+            self._undeleted = [row.id for row in rows]
+            raise
+        self.delivered += len(rows)
+        if self._metrics is not None:
+            self._metrics.forwarded.labels(sink=self.name).inc(len(rows))
+        self._log.debug("delivered", records=len(rows), attempt=rows[0].attempts + 1)
 
     def _fill(self, rows: list[Row]) -> list[Row]:
         # Wait up to `linger` after the oldest row was stored for the batch to fill.
@@ -238,10 +249,13 @@ def alarm_sender(publish: Publish) -> Callable[[Sequence[Row]], None]:
     """Publish alarm rows, QoS 1, not retained, waiting for each acknowledgement."""
 
     def send(rows: Sequence[Row]) -> None:
-        for row in rows:
+        for index, row in enumerate(rows):
             alarm = row.decoded()
             payload = json.dumps(alarm["payload"], ensure_ascii=False, separators=(",", ":"))
-            publish(alarm["topic"], payload.encode(), 1, False)
+            try:
+                publish(alarm["topic"], payload.encode(), 1, False)
+            except BrokerError as exc:
+                raise Partial(index, exc) from None
 
     return send
 

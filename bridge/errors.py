@@ -22,6 +22,19 @@ class PublishRefused(BrokerError):
     """The broker answered a publish with a failure reason code: sending it again will not help."""
 
 
+class Partial(BridgeError):
+    """A sink took the first `taken` events of a batch, then failed with `cause`.
+
+    Raised by sinks that hand events over one at a time (MQTT publishes), so that a retry
+    sends only what was not taken.
+    """
+
+    def __init__(self, taken: int, cause: Exception) -> None:
+        super().__init__(f"{taken} taken, then: {cause}")
+        self.taken = taken
+        self.cause = cause
+
+
 class SinkError(BridgeError):
     """A sink could not take a batch. `permanent` says whether a retry can help."""
 

@@ -163,6 +163,10 @@ class MqttClient:
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         """Publish and wait for the broker's acknowledgement; BrokerError if it did not take it."""
+        if not self.connected.is_set():
+            # paho would queue it and send it after reconnecting, while our caller retries it
+            # too: the message would go out twice.
+            raise BrokerError("not connected to the broker")
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if qos == 0:
             if info.rc != MQTT_ERR_SUCCESS:

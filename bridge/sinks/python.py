@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from bridge.errors import ConfigError, SinkError
+from bridge.errors import ConfigError, Partial, SinkError
 from bridge.events import DownstreamEvent
 from bridge.sinks.base import SinkConfigBase, SinkContext
 
@@ -60,7 +60,7 @@ class PythonSink:
         """Pass the batch to the handler."""
         try:
             self._handler.send(list(events))
-        except SinkError:
+        except (SinkError, Partial):
             raise
         except Exception as exc:  # noqa: BLE001 - the operator's code may raise anything
             raise SinkError(f"handler raised {type(exc).__name__}") from None

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import field_validator
 
-from bridge.errors import BrokerError, SinkError
+from bridge.errors import BrokerError, Partial, PublishRefused, SinkError
 from bridge.events import DownstreamEvent
 from bridge.sinks.base import Publish, SinkConfigBase, SinkContext
 from bridge.topics import is_safe_segment
@@ -74,12 +74,15 @@ class RepublishSink:
 
     def send(self, events: Sequence[DownstreamEvent]) -> None:
         """Publish every event of the batch and wait for each acknowledgement."""
-        for event in events:
+        for index, event in enumerate(events):
             payload = json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":"))
             try:
                 self._publish(self.topic_for(event), payload.encode(), self._qos, self._retain)
-            except BrokerError as exc:
-                raise SinkError(str(exc)) from None
+            except (BrokerError, SinkError) as exc:
+                if index == 0:
+                    permanent = isinstance(exc, PublishRefused) or getattr(exc, "permanent", False)
+                    raise SinkError(str(exc), permanent=permanent) from None
+                raise Partial(index, exc) from None
 
     def close(self) -> None:
         """The connection belongs to the runtime; nothing to release."""

@@ -39,7 +39,7 @@ from bridge.delivery import (
     give_up_alarms,
     sink_sender,
 )
-from bridge.errors import BrokerError, PublishRefused, SinkError
+from bridge.errors import BrokerError, Partial, PublishRefused, SinkError
 from bridge.events import DownstreamEvent
 from bridge.records import Op
 from bridge.spool import ALARMS, NewRow, Row, Spool
@@ -705,3 +705,15 @@ def test_linger_sends_a_partial_batch_at_its_deadline(spool: Spool) -> None:
     assert w.step()
     assert sender.batches == [["A:1"]]
     assert 0.15 <= time.monotonic() - started < 1.0
+
+
+def test_partial_delivery_sends_only_the_rest_again(spool: Spool) -> None:
+    """A sender that took the first row and then failed: that row is done, the rest retried."""
+    put(spool, event("A", 1), event("B", 1), event("C", 1))
+    sender = FakeSender(Partial(1, BrokerError("connection lost")))
+    w = worker(spool, sender)
+    assert w.step()
+    left = all_rows(spool)
+    assert [label(r) for r in left] == ["B:1", "C:1"]
+    assert all(r.attempts == 1 for r in left)
+    assert w.delivered == 1
