@@ -57,7 +57,7 @@ def test_dead_letters_list_show_replay_purge(
         (STANDARD_TOPIC, envelope("edit", [customer(id="d-2")], msg_id="d2")),
         (STANDARD_TOPIC, b"\xff not json"),
     )
-    first.wait_event("sink_gave_up", count=2, sink="crm")
+    first.wait_event("sink_gave_up", sink="crm")  # one batch or two
     alarms = probe.wait_on(STANDARD_ERROR_TOPIC, 3, first)
     codes = sorted(
         (body["code"], body["status"], alarm.get("sourceMsgId"))
