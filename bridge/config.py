@@ -71,7 +71,7 @@ class BrokerConfig(_Model):
     client_id: str = Field(default="customer-bridge", min_length=1, max_length=128)
     session_expiry: int = Field(default=7 * 24 * 3600, ge=0)
     keepalive: int = Field(default=30, ge=5, le=65535)
-    receive_maximum: int = Field(default=20, ge=1, le=65535)
+    receive_maximum: int = Field(default=200, ge=1, le=65535)
     publish_timeout: float = Field(default=10.0, gt=0)
     username: str | None = None
     password: str | None = None

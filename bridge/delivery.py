@@ -49,7 +49,9 @@ def backoff(attempt: int, config: DeliveryConfig, rand: Callable[[], float]) -> 
 
 def ordering_key(event: DownstreamEvent) -> str:
     """The outbox ordering key of an event: tenant, project and customer id."""
-    return json.dumps([event.tenant, event.project_id, event.customer_id], ensure_ascii=False)
+    # Unit separators cannot occur in a tenant (a topic segment), so the key is unambiguous
+    # for tenant and project; it is cheaper than encoding JSON for every record.
+    return "\x1f".join((event.tenant, event.project_id, event.customer_id))
 
 
 def event_row(target: str, event: DownstreamEvent) -> NewRow:
@@ -237,7 +239,14 @@ class Worker:
 
 
 def sink_sender(sink: Sink) -> Callable[[Sequence[Row]], None]:
-    """Hand rows to a sink as DownstreamEvents."""
+    """Hand rows to a sink: as their stored JSON to a sink that takes it, else as events."""
+    send_json = getattr(sink, "send_json", None)
+    if callable(send_json):
+
+        def send_stored(rows: Sequence[Row]) -> None:
+            send_json([row.body for row in rows])
+
+        return send_stored
 
     def send(rows: Sequence[Row]) -> None:
         sink.send([DownstreamEvent.from_dict(row.decoded()) for row in rows])

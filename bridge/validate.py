@@ -159,7 +159,9 @@ def decode(payload: bytes, rules: Rules) -> object:
         raise ValueError(f"JSON nested deeper than {rules.max_depth}") from None
     except ValueError:
         raise ValueError("payload is not JSON") from None
-    if _depth_exceeds(document, rules.max_depth):
+    # Only walk the document when it holds enough brackets to be that deep.
+    brackets = payload.count(b"{") + payload.count(b"[")
+    if brackets > rules.max_depth and _depth_exceeds(document, rules.max_depth):
         raise ValueError(f"JSON nested deeper than {rules.max_depth}")
     # A \uD800-\uDFFF escape decodes to a lone surrogate that no sink can encode again.
     if _SURROGATE_ESCAPE.search(payload) and _has_surrogate(document):

@@ -60,10 +60,13 @@ class JsonlSink:
 
     def send(self, events: Sequence[DownstreamEvent]) -> None:
         """Write and flush the batch; an OS error is transient (the disk may come back)."""
-        lines = "".join(
-            json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":")) + "\n"
-            for event in events
+        self.send_json(
+            [json.dumps(e.to_dict(), ensure_ascii=False, separators=(",", ":")) for e in events]
         )
+
+    def send_json(self, bodies: Sequence[str]) -> None:
+        """Write events already encoded as compact JSON (the spool keeps them so)."""
+        lines = "".join(body + "\n" for body in bodies)
         try:
             handle = self._open()
             handle.write(lines)
