@@ -111,7 +111,9 @@ class Bridge:
         self.watchdog.register("intake")
         self._status = ""
         self._stopped = threading.Event()
-        self._queue: queue.Queue[InboundMessage | None] = queue.Queue()
+        self._queue: queue.Queue[InboundMessage | None] = queue.Queue(
+            maxsize=2 * config.spool.intake_batch
+        )
         selection = config.subscription.selection()
         self.pipeline = Pipeline(config.validation.rules(), selection)
         self.embedded: EmbeddedBroker | None = None
@@ -208,7 +210,8 @@ class Bridge:
         self.watchdog.stop()
         self.log.info("stopping", queued=self._queue.qsize(), spool_pending=self.spool.pending)
         self.stopping.set()
-        self._queue.put(None)
+        with contextlib.suppress(queue.Full):  # a full queue: the intake stops at `stopping`
+            self._queue.put(None, timeout=1.0)
         if self._intake.is_alive():
             self._intake.join(drain_timeout)
         for worker in self.workers:
@@ -372,10 +375,15 @@ class Bridge:
     def _enqueue(self, message: InboundMessage) -> None:
         # Runs on paho's thread. Once stopping, new messages are left unacknowledged:
         # the broker keeps them in the session and sends them again next time.
-        if self.stopping.is_set():
-            self.stats.left_for_redelivery += 1
-        else:
-            self._queue.put(message)
+        # The queue is bounded: a broker that sends past our Receive Maximum (mosquitto does
+        # once acks flow) is held back here, in paho's thread, instead of growing memory.
+        while not self.stopping.is_set():
+            try:
+                self._queue.put(message, timeout=0.5)
+            except queue.Full:
+                continue
+            return
+        self.stats.left_for_redelivery += 1
 
     def _work(self) -> None:
         done = False
@@ -384,6 +392,8 @@ class Bridge:
             try:
                 first = self._queue.get(timeout=1.0)
             except queue.Empty:
+                if self.stopping.is_set():
+                    return  # everything taken was stored and acknowledged
                 continue
             if first is None:
                 return

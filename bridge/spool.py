@@ -28,6 +28,7 @@ ALARMS = "@alarms"
 """The outbox target of alarms; sinks have their configured names."""
 
 RAW_PAYLOAD_LIMIT = 4096
+_ROW = "id, target, okey, body, created, attempts, next_at"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -243,25 +244,37 @@ class Spool:
         overtake each other; other customers' rows go on.
         """
         at = now or time.time()
-        with self._lock:
-            rows = [
-                Row(*r)
-                for r in self._db.execute(
-                    "SELECT id, target, okey, body, created, attempts, next_at FROM outbox"
-                    " WHERE target = ? ORDER BY id LIMIT ?",
-                    (target, scan),
-                )
-            ]
         blocked: set[str] = set()
-        chosen: list[Row] = []
-        for row in rows:
-            if row.okey in blocked:
-                continue
-            if row.next_at > at or len(chosen) >= limit:
-                blocked.add(row.okey)
-                continue
-            chosen.append(row)
-        return chosen
+        chosen: list[int] = []
+        after, scanned = 0, 0
+        chunk = max(2 * limit, 64)
+        with self._lock:
+            # Scan keys and retry times only, in chunks, until the batch is full; the
+            # bodies are read for the chosen rows alone.
+            while len(chosen) < limit and scanned < scan:
+                page = self._db.execute(
+                    "SELECT id, okey, next_at FROM outbox WHERE target = ? AND id > ?"
+                    " ORDER BY id LIMIT ?",
+                    (target, after, chunk),
+                ).fetchall()
+                if not page:
+                    break
+                for row_id, okey, next_at in page:
+                    if okey in blocked:
+                        continue
+                    if next_at > at:
+                        blocked.add(okey)
+                        continue
+                    chosen.append(row_id)
+                    if len(chosen) >= limit:
+                        break
+                after, scanned = page[-1][0], scanned + len(page)
+            if not chosen:
+                return []
+            marks = ",".join("?" * len(chosen))  # only '?' placeholders are joined in
+            query = f"SELECT {_ROW} FROM outbox WHERE id IN ({marks}) ORDER BY id"  # noqa: S608
+            rows = self._db.execute(query, chosen).fetchall()
+        return [Row(*r) for r in rows]
 
     def next_due(self, target: str) -> float | None:
         """When the earliest retry of `target` falls due (None when nothing waits)."""
