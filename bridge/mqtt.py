@@ -80,16 +80,29 @@ class MqttClient:
         self._last_failure: str | None = None
         self.connected = threading.Event()
         self.subscribed = threading.Event()
-        self._client = self._make_client()
+        self.publisher_connected = threading.Event()
+        self._client = self._make_client(config.client_id, persistent=True)
+        self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+        # Alarms and republished records go out on a connection of their own: on the
+        # subscribing one their acknowledgements queue behind every message the broker is
+        # pushing to us, which during a backlog took longer than publish_timeout.
+        self._publisher = self._make_client(f"{config.client_id}-pub", persistent=False)
+        self._publisher.on_connect = self._on_publisher_connect
+        self._publisher.on_disconnect = self._on_publisher_disconnect
+        self._publisher.on_publish = self._on_publish
 
-    def _make_client(self) -> Client:
+    def _make_client(self, client_id: str, *, persistent: bool) -> Client:
         config = self._config
         client = Client(
             CallbackAPIVersion.VERSION2,
-            client_id=config.client_id,
+            client_id=client_id,
             protocol=MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311,
-            clean_session=None if self._v5 else False,
-            manual_ack=True,
+            clean_session=None if self._v5 else not persistent,
+            manual_ack=persistent,
             reconnect_on_failure=True,
         )
         client.reconnect_delay_set(config.reconnect.min_delay, config.reconnect.max_delay)
@@ -109,12 +122,6 @@ class MqttClient:
             except (OSError, ValueError) as exc:
                 raise ConfigError("broker.tls", f"cannot load the TLS files: {exc}") from None
             client.tls_insecure_set(not tls.verify_hostname)
-        client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
-        client.on_publish = self._on_publish
         client.on_socket_open = _no_delay
         return client
 
@@ -142,13 +149,23 @@ class MqttClient:
         else:
             self._client.connect_async(config.host, config.port, config.keepalive)
         self._client.loop_start()
+        if self._v5:
+            self._publisher.connect_async(
+                config.host, config.port, config.keepalive, clean_start=True
+            )
+        else:
+            self._publisher.connect_async(config.host, config.port, config.keepalive)
+        self._publisher.loop_start()
 
     def stop(self) -> None:
         """Disconnect cleanly (the session stays on the broker) and stop the network loop."""
         try:
             self._client.disconnect()
+            self._publisher.disconnect()
         finally:
             self._client.loop_stop()
+            self._publisher.loop_stop()
+        self.publisher_connected.clear()
         self.connected.clear()
         self.subscribed.clear()
 
@@ -163,11 +180,11 @@ class MqttClient:
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         """Publish and wait for the broker's acknowledgement; BrokerError if it did not take it."""
-        if not self.connected.is_set():
+        if not self.publisher_connected.is_set():
             # paho would queue it and send it after reconnecting, while our caller retries it
             # too: the message would go out twice.
             raise BrokerError("not connected to the broker")
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        info = self._publisher.publish(topic, payload, qos=qos, retain=retain)
         if qos == 0:
             if info.rc != MQTT_ERR_SUCCESS:
                 raise BrokerError(f"publish failed (rc={info.rc})")
@@ -210,6 +227,32 @@ class MqttClient:
                 client.subscribe([(f, 1) for f in self._filters])
         except Exception:  # noqa: BLE001 - must not reach paho's loop
             self._log.exception("callback_failed", callback="on_connect")
+
+    def _on_publisher_connect(
+        self,
+        _client: Client,
+        _userdata: Any,
+        _flags: ConnectFlags,
+        reason: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        try:
+            if reason.is_failure:
+                return  # the subscribing connection reports the same refusal, once
+            self.publisher_connected.set()
+            self._log.debug("publisher_connected")
+        except Exception:  # noqa: BLE001 - must not reach paho's loop
+            self._log.exception("callback_failed", callback="on_publisher_connect")
+
+    def _on_publisher_disconnect(
+        self,
+        _client: Client,
+        _userdata: Any,
+        _flags: DisconnectFlags,
+        _reason: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        self.publisher_connected.clear()
 
     def _on_connect_fail(self, _client: Client, _userdata: Any) -> None:
         try:
