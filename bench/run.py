@@ -1,0 +1,499 @@
+"""The bridge's benchmark: drain rate, steady-rate latency, memory, scale-out.
+
+    python bench/run.py                 # the full run (100,000 messages), about 8 minutes
+    python bench/run.py --quick         # a smoke run (5,000 messages, 5 s per rate)
+    python bench/run.py --skip-node-red # without the Node-RED peer (no npm needed)
+    python bench/run.py --soak          # only the 10-minute soak at 1,000 msgs/s
+    python bench/run.py --profile       # only a drain of the bridge under py-spy
+
+Every scenario runs mosquitto on loopback (`max_queued_messages 0`: nothing queued is
+dropped). The table goes to stdout (Markdown), progress to stderr, and everything measured to
+bench/results/<UTC time>[-quick|-soak|-profile].json. See docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import nodered
+import scenarios
+import spy
+import traffic
+from common import BENCH, ROOT, mosquitto_binary, mosquitto_version
+from scenarios import Drain, log
+
+TARGETS = {
+    "drain_vs_limit": 0.8,
+    "drain_vs_node_red": 2.0,
+    "p99_ms_at_1000": 20.0,
+    "rss_mb_after_drain": 100.0,
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, help="backlog size of a drain (100000)")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--skip-node-red", action="store_true", help="leave out the peer")
+    parser.add_argument("--rates", default="1000,3000", help="steady rates, msgs/s")
+    parser.add_argument("--steady-seconds", type=float, help="seconds per steady rate (30)")
+    parser.add_argument(
+        "--receive-maximum",
+        type=int,
+        default=20,
+        help="in-flight window of the bare subscriber (the bridge's default is 20)",
+    )
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated subset: limit,jsonl,webhook,node-red,shared,steady",
+    )
+    parser.add_argument("--soak", action="store_true", help="only the soak (RSS over time)")
+    parser.add_argument("--soak-minutes", type=float, default=10.0)
+    parser.add_argument("--soak-rate", type=float, default=1000.0)
+    parser.add_argument("--profile", action="store_true", help="only a py-spy profiled drain")
+    parser.add_argument(
+        "--bridge-ref",
+        help="measure the bridge/ of this git commit (exported with git archive), "
+        "not the working tree",
+    )
+    parser.add_argument(
+        "--bridge-root",
+        type=Path,
+        help="measure the bridge package found in this directory (e.g. a patched copy)",
+    )
+    parser.add_argument(
+        "--bridge-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a config key on every bridge, e.g. broker.receive_maximum=200 "
+        "(repeatable; the default config otherwise)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep bench/.work (logs, files)")
+    parser.add_argument("--results", type=Path, default=BENCH / "results")
+    args = parser.parse_args(argv)
+    if args.messages is None:
+        args.messages = 5_000 if args.quick else 100_000
+    if args.steady_seconds is None:
+        args.steady_seconds = 5.0 if args.quick else 30.0
+    args.rate_list = [float(r) for r in args.rates.split(",") if r.strip()]
+    args.only_set = {s.strip() for s in args.only.split(",") if s.strip()}
+    for item in args.bridge_set:
+        key, sep, text = item.partition("=")
+        if not sep:
+            parser.error(f"--bridge-set {item!r}: expected KEY=VALUE")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        scenarios.OVERRIDES[key.strip()] = value
+    return args
+
+
+def environment() -> dict[str, Any]:
+    """What the figures depend on."""
+
+    def version(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "?"
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
+            ).stdout.strip()
+        except OSError:
+            return "?"
+
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "paho_mqtt": version("paho-mqtt"),
+        "mosquitto": mosquitto_version(),
+        "node": nodered.node_version(),
+        "node_red": nodered.installed_version(),
+        "git_commit": git("rev-parse", "--short", "HEAD"),
+        "git_dirty_bridge": bool(git("status", "--porcelain", "--", "bridge")),
+    }
+
+
+def select_bridge(args: argparse.Namespace, work: Path) -> str:
+    """Point the scenarios at the bridge to measure; describe it."""
+    if args.bridge_root is not None:
+        root = args.bridge_root.resolve()
+        if not (root / "bridge" / "__init__.py").exists():
+            raise SystemExit(f"--bridge-root: no bridge package in {root}")
+        scenarios.BRIDGE_ROOT = root
+        return f"directory {root}"
+    if args.bridge_ref:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", args.bridge_ref],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        root = work / f"bridge-{commit}"
+        root.mkdir(parents=True)
+        archive = subprocess.run(
+            ["git", "archive", commit, "bridge"], cwd=ROOT, capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+        scenarios.BRIDGE_ROOT = root
+        return f"git {args.bridge_ref} ({commit})"
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "bridge"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return "working tree" + (" (bridge/ has uncommitted changes)" if dirty else "")
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    """A number for the table, or a dash."""
+    if value is None:
+        return "-"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}"
+
+
+def drain_table(drains: list[Drain], limit_rate: float | None, peer: Drain | None) -> str:
+    """The drain rows as Markdown."""
+    rows = [
+        "| consumer | msgs/s | seconds | first output s | msgs/s after first | x limit "
+        "| x Node-RED | CPU µs/msg | cores used (host busy) | RSS MB | outputs | check |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for d in drains:
+        vs_limit = d.rate / limit_rate if limit_rate else None
+        vs_peer = d.rate / peer.rate if peer and peer.rate else None
+        summary = d.to_dict()
+        check = d.check
+        ok = "ok" if check.get("ok", True) else "LOSS/DUP " + json.dumps(check)
+        if not d.finished:
+            ok = f"UNFINISHED ({d.outputs}/{d.expected_outputs})"
+        rows.append(
+            f"| {d.consumer} | {fmt(d.rate, 0)} | {fmt(d.seconds)} | {fmt(d.first_output_s, 2)} "
+            f"| {fmt(d.rate_after_start, 0)} | {fmt(vs_limit, 2)} | {fmt(vs_peer, 2)} "
+            f"| {fmt(summary['cpu_us_per_msg'], 0)} "
+            f"| {fmt(summary['consumer_cores'], 2)} ({fmt(d.host.get('host_busy_cores'), 2)}) "
+            f"| {fmt(d.rss_mb)} "
+            f"| {d.outputs:,} | {ok} |"
+        )
+    return "\n".join(rows)
+
+
+def steady_table(results: list[dict[str, Any]]) -> str:
+    """The steady-rate rows as Markdown."""
+    rows = [
+        "| rate msgs/s | seconds | sent | p50 ms | p90 ms | p99 ms | max ms | bridge CPU "
+        "| RSS MB max | records seen | kept up |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in results:
+        lat = r["latency_ms"]
+        cpu = r["bridge_cpu_share"]
+        sent = r["published"]
+        lag = r["last_record_after_last_publish_s"]
+        if lag is None:
+            kept_up = (
+                f"no: {r['records_expected'] - r['records_seen']:,} records still missing 30 s "
+                "after the last publish (latencies are of those that arrived)"
+            )
+        elif r["sustained"]:
+            kept_up = f"yes (last record {lag:.2f} s after the last publish)"
+        else:
+            kept_up = f"no: last record {lag:.1f} s after the last publish"
+        rows.append(
+            f"| {fmt(r['rate'], 0)} | {fmt(r['seconds'], 0)} "
+            f"| {sent['published']:,} ({fmt(sent['achieved_rate'], 0)}/s) "
+            f"| {fmt(lat['p50'])} | {fmt(lat['p90'])} | {fmt(lat['p99'])} | {fmt(lat['max'])} "
+            f"| {'-' if cpu is None else f'{cpu * 100:.0f} %'} | {fmt(r['rss_mb']['max'])} "
+            f"| {r['records_seen']:,} / {r['records_expected']:,} | {kept_up} |"
+        )
+    return "\n".join(rows)
+
+
+def verdicts(
+    limit_rate: float | None,
+    bridge: Drain | None,
+    peer: Drain | None,
+    steady: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Each target with the measured figure and pass / fail."""
+    out = []
+    if limit_rate and bridge:
+        ratio = bridge.rate / limit_rate
+        out.append(
+            {
+                "target": "bridge drain >= 0.8 x bare subscriber",
+                "measured": round(ratio, 3),
+                "pass": ratio >= TARGETS["drain_vs_limit"],
+            }
+        )
+    if peer and bridge and peer.rate:
+        ratio = bridge.rate / peer.rate
+        out.append(
+            {
+                "target": "bridge drain >= 2 x Node-RED",
+                "measured": round(ratio, 3),
+                "pass": ratio >= TARGETS["drain_vs_node_red"],
+            }
+        )
+    for r in steady:
+        if r["rate"] == 1000 and r["latency_ms"]["p99"] is not None:
+            p99 = r["latency_ms"]["p99"]
+            out.append(
+                {
+                    "target": "p99 latency <= 20 ms at 1,000 msgs/s",
+                    "measured": p99,
+                    "pass": bool(r["sustained"]) and p99 <= TARGETS["p99_ms_at_1000"],
+                }
+            )
+    if bridge and bridge.rss_mb is not None:
+        out.append(
+            {
+                "target": f"RSS <= 100 MB after {bridge.messages:,} messages",
+                "measured": round(bridge.rss_mb, 1),
+                "pass": bridge.rss_mb <= TARGETS["rss_mb_after_drain"],
+            }
+        )
+    return out
+
+
+def write_results(args: argparse.Namespace, kind: str, document: dict[str, Any]) -> Path:
+    """bench/results/<UTC time>[-kind].json"""
+    args.results.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    suffix = "" if kind == "full" else f"-{kind}"
+    path = args.results / f"{stamp}{suffix}.json"
+    path.write_text(json.dumps(document, ensure_ascii=False, indent=1) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    mosquitto_binary()  # fail early and clearly
+    work = BENCH / ".work"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    env = environment()
+    env["bridge_source"] = select_bridge(args, work)
+    env["bridge_imported_from"] = scenarios.bridge_location()
+    env["bridge_config_overrides"] = dict(scenarios.OVERRIDES)
+    log(f"bridge: {env['bridge_source']}, imported from {env['bridge_imported_from']}")
+    command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    document: dict[str, Any] = {"command": command.strip(), "environment": env}
+    started = time.monotonic()
+    try:
+        if args.soak:
+            return soak(args, work, document)
+        if args.profile:
+            return profile(args, work, document)
+        return full(args, work, document, started)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def full(args: argparse.Namespace, work: Path, document: dict[str, Any], started: float) -> int:
+    wanted = args.only_set or {"limit", "jsonl", "webhook", "node-red", "shared", "steady"}
+    if args.skip_node_red:
+        wanted.discard("node-red")
+    log(f"traffic: generating {args.messages:,} envelopes ...")
+    envelopes = traffic.make(args.messages)
+    document["traffic"] = traffic.summary(envelopes)
+    log(f"  {json.dumps(document['traffic'])}")
+    drains: list[Drain] = []
+    limit = bridge = peer = None
+    if "limit" in wanted:
+        log("drain (a): bare paho subscriber ...")
+        limit = scenarios.drain_bare(work / "limit", envelopes, args.receive_maximum)
+        drains.append(limit)
+        log(f"  {limit.rate:,.0f} msgs/s")
+    if "jsonl" in wanted:
+        log("drain (b): bridge, jsonl sink, spool on (default config) ...")
+        bridge = scenarios.drain_bridge(work / "jsonl", envelopes, sink="jsonl")
+        drains.append(bridge)
+        log(f"  {bridge.rate:,.0f} msgs/s")
+    if "webhook" in wanted:
+        log("drain (c): bridge, webhook sink to a loopback server ...")
+        hook = scenarios.drain_bridge(work / "webhook", envelopes, sink="webhook")
+        drains.append(hook)
+        log(f"  {hook.rate:,.0f} msgs/s")
+    if "node-red" in wanted:
+        nodered.ensure_installed(log)
+        log("drain (d): Node-RED flow ...")
+        peer = scenarios.drain_node_red(work / "node-red", envelopes)
+        drains.append(peer)
+        log(f"  {peer.rate:,.0f} msgs/s")
+    if "shared" in wanted:
+        log("scale-out: 2 bridges in one $share group ...")
+        shared = scenarios.drain_shared(work / "shared", envelopes, 2)
+        drains.append(shared)
+        log(f"  {shared.rate:,.0f} msgs/s")
+    limit_rate = limit.rate if limit else None
+    if limit is not None and len(drains) > 1:
+        # The host is shared and noisy: measure the limit again after the others, and compare
+        # with the mean of the two.
+        log("drain (a) again: bare paho subscriber ...")
+        again = scenarios.drain_bare(work / "limit-again", envelopes, args.receive_maximum)
+        again.consumer += " (again, last)"
+        drains.append(again)
+        log(f"  {again.rate:,.0f} msgs/s")
+        limit_rate = (limit.rate + again.rate) / 2
+    steady_results = []
+    if "steady" in wanted:
+        for rate in args.rate_list:
+            log(f"steady: {rate:,.0f} msgs/s for {args.steady_seconds:.0f} s ...")
+            result = scenarios.steady(work / f"steady-{int(rate)}", rate, args.steady_seconds)
+            steady_results.append(result)
+            log(f"  p50 {result['latency_ms']['p50']} ms, p99 {result['latency_ms']['p99']} ms")
+    document["drains"] = [d.to_dict() for d in drains]
+    document["steady"] = steady_results
+    document["limit_msgs_per_s_mean"] = None if limit_rate is None else round(limit_rate, 1)
+    document["ratios"] = {
+        "bridge_vs_limit": round(bridge.rate / limit_rate, 3) if bridge and limit_rate else None,
+        "bridge_vs_node_red": round(bridge.rate / peer.rate, 3)
+        if bridge and peer and peer.rate
+        else None,
+    }
+    document["targets"] = verdicts(limit_rate, bridge, peer, steady_results)
+    document["wall_seconds"] = round(time.monotonic() - started, 1)
+    kind = "quick" if args.quick else "full"
+    path = write_results(args, kind, document)
+    print(report(document, drains, limit_rate, peer, steady_results))
+    print(f"\nresults: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    return 0
+
+
+def report(
+    document: dict[str, Any],
+    drains: list[Drain],
+    limit_rate: float | None,
+    peer: Drain | None,
+    steady_results: list[dict[str, Any]],
+) -> str:
+    """The printed report: traffic, drains, steady rates, ratios, targets."""
+    t = document["traffic"]
+    env = document["environment"]
+    lines = [
+        f"## drain of {t['messages']:,} queued messages "
+        f"({t['records_forwarded']:,} valid records, {t['alarms']:,} alarms, "
+        f"{t['payload_bytes_mean']} B mean payload)",
+        "",
+        f"{env['cpus']} CPUs ({env['cpu']}), load at start {env['loadavg_at_start']}, "
+        f"Python {env['python']}, {env['mosquitto']}, bridge: {env['bridge_source']}"
+        + (
+            f", config overrides {env['bridge_config_overrides']}"
+            if env["bridge_config_overrides"]
+            else ""
+        )
+        + ",",
+        "",
+        drain_table(drains, limit_rate, peer),
+        "",
+        "x limit: against the mean of the limit's runs"
+        + (f" ({limit_rate:,.0f} msgs/s)" if limit_rate else "")
+        + "; cores used: the consumer's CPU seconds per second (host busy: every process on "
+        "the host, the broker and this harness included).",
+    ]
+    if steady_results:
+        lines += ["", "## steady rate (bridge, jsonl sink, default config)", ""]
+        lines.append(steady_table(steady_results))
+    if document.get("targets"):
+        lines += ["", "## targets", ""]
+        for v in document["targets"]:
+            lines.append(f"- {'PASS' if v['pass'] else 'FAIL'}  {v['target']}: {v['measured']}")
+    return "\n".join(lines)
+
+
+def soak(args: argparse.Namespace, work: Path, document: dict[str, Any]) -> int:
+    seconds = args.soak_minutes * 60
+    log(f"soak: {args.soak_rate:,.0f} msgs/s for {args.soak_minutes:g} minutes ...")
+    result = scenarios.steady(work / "soak", args.soak_rate, seconds, rss_every=5.0, label="soak")
+    document["soak"] = result
+    path = write_results(args, "soak", document)
+    rss = result["rss_mb"]
+    print("## soak\n")
+    print(steady_table([result]))
+    samples = rss["samples"]
+    minute = [v for t, v in samples if 55 <= t <= 65]
+    print(
+        f"\nRSS MB: first {rss['first']}, at 1 min {minute[0] if minute else '-'}, "
+        f"max {rss['max']}, final {rss['final']}, "
+        f"slope after warm-up {rss['slope_mb_per_min_after_warmup']} MB/min, "
+        f"growth over the second half {rss['growth_mb_second_half']} MB"
+    )
+    worst = sorted(result["latency_timeline"], key=lambda w: w["max"] or 0)[-5:]
+    print(
+        "worst 10-s windows (t s: p50 / p99 / max ms): "
+        + ", ".join(
+            f"{w['t']:.0f}: {w['p50']} / {w['p99']} / {w['max']}"
+            for w in sorted(worst, key=lambda w: w["t"])
+        )
+    )
+    print(f"\nresults: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    return 0
+
+
+def profile(args: argparse.Namespace, work: Path, document: dict[str, Any]) -> int:
+    envelopes = traffic.make(args.messages)
+    document["traffic"] = traffic.summary(envelopes)
+    raw = work / "py-spy.txt"
+    profiler = spy.Profiler(raw)
+    log(f"profiled drain of {args.messages:,} messages (py-spy attached) ...")
+    drain = scenarios.drain_bridge(
+        work / "profiled",
+        envelopes,
+        sink="jsonl",
+        label="bridge, jsonl (under py-spy)",
+        profiler=profiler,
+    )
+    summary = spy.summarise(raw)
+    document["drain"] = drain.to_dict()
+    document["profile"] = summary
+    args.results.mkdir(parents=True, exist_ok=True)
+    path = write_results(args, "profile", document)
+    text = spy.render(summary)
+    print(f"## profile of a drain ({drain.rate:,.0f} msgs/s under py-spy)\n")
+    print(text)
+    stacks = path.with_suffix(".stacks.tmp")  # large: bench/.gitignore keeps it out of git
+    shutil.copyfile(raw, stacks)
+    print(f"\nresults: {path.relative_to(ROOT)}, collapsed stacks: {stacks.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
