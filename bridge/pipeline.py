@@ -11,8 +11,10 @@ from enum import StrEnum
 from bridge import alarms
 from bridge.alarms import Alarm
 from bridge.events import DownstreamEvent
-from bridge.topics import InboundTopic, Selection, TopicRole, parse
+from bridge.topics import InboundTopic, ParsedTopic, Selection, TopicRole, parse
 from bridge.validate import FieldError, Rules, validate
+
+TOPIC_CACHE_SIZE = 4096
 
 
 class Disposition(StrEnum):
@@ -67,18 +69,26 @@ class Pipeline:
         self.selection = selection
         self.now_ms = now_ms
         self.new_id = new_id
+        # Topics recur: parsing one and matching it to the selection is done once.
+        self._topics: dict[str, tuple[ParsedTopic, bool]] = {}
 
     def process(self, topic: str, payload: bytes) -> Outcome:
         """Decide what one message becomes. Never raises for any topic or payload."""
-        parsed = parse(topic)
+        known = self._topics.get(topic)
+        if known is None:
+            parsed = parse(topic)
+            accepted = parsed.inbound is not None and self.selection.accepts(parsed.inbound)
+            if len(self._topics) >= TOPIC_CACHE_SIZE:
+                self._topics.clear()  # a flood of distinct topics must not grow memory
+            known = self._topics[topic] = (parsed, accepted)
+        parsed, accepted = known
         if parsed.role is TopicRole.ERROR:
             return Outcome(topic, Disposition.ERROR_TOPIC)
         if parsed.inbound is None:
             return Outcome(topic, Disposition.UNRECOGNISED)
-        inbound = parsed.inbound
-        if not self.selection.accepts(inbound):
-            return Outcome(topic, Disposition.NOT_SELECTED, inbound)
-        return self.process_inbound(inbound, payload)
+        if not accepted:
+            return Outcome(topic, Disposition.NOT_SELECTED, parsed.inbound)
+        return self.process_inbound(parsed.inbound, payload)
 
     def process_inbound(self, inbound: InboundTopic, payload: bytes) -> Outcome:
         """Validate a payload that arrived on an inbound topic."""

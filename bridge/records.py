@@ -105,6 +105,10 @@ FIELDS: Mapping[Op, Mapping[str, Field]] = {
     Op.DELETE: DELETE_FIELDS,
 }
 
+REQUIRED: Mapping[Op, tuple[str, ...]] = {
+    op: tuple(name for name, spec in table.items() if spec.required) for op, table in FIELDS.items()
+}
+
 
 @dataclass(frozen=True, slots=True)
 class Problem:
@@ -134,6 +138,22 @@ def check_record(
     out: dict[str, Any] = {}
     for name, value in raw.items():
         spec = table.get(name)
+        # The common cases in one test each: a string or an int that fits its field.
+        kind = value.__class__
+        if (
+            kind is str
+            and spec is not None
+            and (spec.type is Type.STRING or (spec.type is Type.LONG and not strict))
+        ):
+            limit = spec.max_len
+            if (limit is None or len(value) <= limit) and (value or not spec.required):
+                out[name] = value
+                continue
+        elif kind is int and spec is not None and spec.type is Type.INT:
+            low, high = spec.minimum, spec.maximum
+            if low is not None and high is not None and low <= value <= high:
+                out[name] = value
+                continue
         if spec is None:
             if strict:
                 problems.append(Problem(name, "unknown field"))
@@ -154,8 +174,8 @@ def check_record(
         except InvalidValue as bad:
             path = f"{name}{bad.field}" if bad.field else name
             problems.append(Problem(path, bad.reason))
-    for name, spec in table.items():
-        if spec.required and name not in raw:
+    for name in REQUIRED[op]:
+        if name not in raw:
             problems.append(Problem(name, "required"))
     if problems:
         return None, problems

@@ -19,6 +19,28 @@ MSG_ID_MAX = 64
 _MAX_INT_DIGITS = 20
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# A payload with no run of more than 20 digits and no exponent holds no number the hooks
+# would refuse, so it takes json's C fast path. The test maps digits to "0", e/E to "e" and
+# signs to "+" (all else to a space) and looks for the shapes; cheaper than a regex scan.
+
+
+def _number_shapes() -> bytes:
+    table = bytearray(b" " * 256)
+    table[ord("0") : ord("9") + 1] = b"0" * 10
+    table[ord("e")] = table[ord("E")] = ord("e")
+    table[ord("+")] = table[ord("-")] = ord("+")
+    return bytes(table)
+
+
+_NUMBER_SHAPES = _number_shapes()
+_LONG_RUN = b"0" * (_MAX_INT_DIGITS + 1)
+
+
+def _needs_number_hooks(payload: bytes) -> bool:
+    shapes = payload.translate(_NUMBER_SHAPES)
+    return _LONG_RUN in shapes or b"0e0" in shapes or b"0e+0" in shapes
+
+
 _DATE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
 
 
@@ -123,18 +145,22 @@ def _has_surrogate(document: object) -> bool:
 
 
 def _depth_exceeds(document: object, limit: int) -> bool:
-    stack: list[tuple[object, int]] = [(document, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
+    """Whether containers nest deeper than `limit` (the document itself is depth 1)."""
+    if limit < 1:
+        return True
+    if type(document) is not dict and type(document) is not list:
+        return False
+    return _too_deep(document, limit - 1)
+
+
+def _too_deep(node: Any, budget: int) -> bool:
+    # `node` is a dict or a list; `budget` is how many more levels of containers may sit
+    # below it. type() rather than isinstance(): json.loads makes no subclasses.
+    children = node.values() if type(node) is dict else node
+    for child in children:
+        kind = type(child)
+        if (kind is dict or kind is list) and (budget <= 0 or _too_deep(child, budget - 1)):
             return True
-        if isinstance(node, dict):
-            children: Any = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
     return False
 
 
@@ -147,12 +173,15 @@ def decode(payload: bytes, rules: Rules) -> object:
     except UnicodeDecodeError:
         raise ValueError("payload is not UTF-8") from None
     try:
-        document = json.loads(
-            text,
-            parse_constant=_reject_constant,
-            parse_float=_parse_float,
-            parse_int=_parse_int,
-        )
+        if not _needs_number_hooks(payload):
+            document = json.loads(text, parse_constant=_reject_constant)
+        else:
+            document = json.loads(
+                text,
+                parse_constant=_reject_constant,
+                parse_float=_parse_float,
+                parse_int=_parse_int,
+            )
     except _PayloadError as bad:
         raise ValueError(bad.reason) from None
     except RecursionError:
