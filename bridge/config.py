@@ -250,6 +250,8 @@ class LoggingConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
     redact: bool = True
+    progress_interval: float = Field(default=60.0, ge=0.5)
+    """Seconds between `progress` lines (counters) at info, while messages come."""
 
 
 class Config(_Model):

@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -31,12 +31,26 @@ Publish = Callable[[str, bytes, int, bool], None]
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """A sink with the route that feeds it and its batch size."""
+    """A sink with the route that feeds it and its batch size.
+
+    `lock` is held for every hand-over to the sink, so the intake's direct deliveries and
+    the worker's never reach the sink at the same time.
+    """
 
     sink: Sink
     route: Route
     batch_size: int = 100
     linger: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+
+    @property
+    def direct(self) -> bool:
+        """Whether the intake may hand events to this sink itself while nothing of it waits.
+
+        Only sinks that say so (local and quick: a file, the log), and only without a
+        linger, which asks for batches the intake would not make.
+        """
+        return bool(getattr(self.sink, "direct", False)) and self.linger == 0
 
 
 def backoff(attempt: int, config: DeliveryConfig, rand: Callable[[], float]) -> float:
@@ -54,10 +68,23 @@ def ordering_key(event: DownstreamEvent) -> str:
     return "\x1f".join((event.tenant, event.project_id, event.customer_id))
 
 
+def encode_event(event: DownstreamEvent) -> str:
+    """An event as the compact JSON the spool keeps and the jsonl sink writes."""
+    return json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+
 def event_row(target: str, event: DownstreamEvent) -> NewRow:
     """The outbox row that carries `event` to `target`."""
-    body = json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":"))
-    return NewRow(target, ordering_key(event), body)
+    return NewRow(target, ordering_key(event), encode_event(event))
+
+
+def hand_over(sink: Sink, events: Sequence[DownstreamEvent], bodies: Sequence[str]) -> None:
+    """Give a batch to a sink: as encoded JSON to a sink that takes it, else as events."""
+    send_json = getattr(sink, "send_json", None)
+    if callable(send_json):
+        send_json(bodies)
+    else:
+        sink.send(events)
 
 
 def alarm_row(alarm: alarms.Alarm) -> NewRow:
@@ -103,6 +130,7 @@ class Worker:
         self._linger = linger
         self._undeleted: list[int] = []
         self.delivered = 0
+        self.direct = 0
         self.retries = 0
         self.dead = 0
         self._thread = threading.Thread(target=self._run, name=f"deliver-{name}", daemon=True)
@@ -135,11 +163,11 @@ class Worker:
                 self._stopping.wait(1.0)
 
     def _idle(self) -> None:
-        version = self._spool.version
+        version = self._spool.version_of(self.name)
         next_at = self._spool.next_due(self.name)
         # A short floor: a retry already due but blocked behind another must not spin.
         timeout = 1.0 if next_at is None else min(1.0, max(0.05, next_at - time.time()))
-        self._spool.wait_for_change(version, timeout)
+        self._spool.wait_for_change(version, timeout, self.name)
 
     def step(self) -> bool:
         """Send one batch if one is due; False when there was nothing to do."""
@@ -186,6 +214,13 @@ class Worker:
             self._metrics.forwarded.labels(sink=self.name).inc(len(rows))
         self._log.debug("delivered", records=len(rows), attempt=rows[0].attempts + 1)
 
+    def taken_directly(self, records: int) -> None:
+        """Count records the intake handed to this worker's sink itself."""
+        self.direct += records
+        if self._metrics is not None:
+            self._metrics.forwarded.labels(sink=self.name).inc(records)
+        self._log.debug("delivered", records=records, attempt=1, direct=True)
+
     def _fill(self, rows: list[Row]) -> list[Row]:
         # Wait up to `linger` after the oldest row was stored for the batch to fill.
         deadline = min(row.created for row in rows) + self._linger
@@ -193,8 +228,8 @@ class Worker:
             remaining = deadline - time.time()
             if remaining <= 0:
                 break
-            version = self._spool.version
-            self._spool.wait_for_change(version, min(remaining, 1.0))
+            version = self._spool.version_of(self.name)
+            self._spool.wait_for_change(version, min(remaining, 1.0), self.name)
             self._beat()
             rows = self._spool.due(self.name, self._batch_size)
         return rows
@@ -238,18 +273,22 @@ class Worker:
         )
 
 
-def sink_sender(sink: Sink) -> Callable[[Sequence[Row]], None]:
+def sink_sender(sink: Sink, lock: threading.Lock | None = None) -> Callable[[Sequence[Row]], None]:
     """Hand rows to a sink: as their stored JSON to a sink that takes it, else as events."""
     send_json = getattr(sink, "send_json", None)
+    guard = lock or threading.Lock()
     if callable(send_json):
 
         def send_stored(rows: Sequence[Row]) -> None:
-            send_json([row.body for row in rows])
+            with guard:
+                send_json([row.body for row in rows])
 
         return send_stored
 
     def send(rows: Sequence[Row]) -> None:
-        sink.send([DownstreamEvent.from_dict(row.decoded()) for row in rows])
+        events = [DownstreamEvent.from_dict(row.decoded()) for row in rows]
+        with guard:
+            sink.send(events)
 
     return send
 

@@ -31,15 +31,25 @@ def mask(value: object) -> str:
     return "*" * (len(text) - 2) + text[-2:]
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def redact(value: Any) -> Any:
     """A copy of `value` with personal fields masked or dropped, at any depth."""
-    if isinstance(value, Mapping):
+    # type() tests first: isinstance against the Mapping ABC is slow, and log fields are
+    # mostly plain scalars.
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is dict or isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for key, item in value.items():
             if key in DROPPED_KEYS:
                 continue
             if key in MASKED_KEYS and item is not None:
                 out[key] = mask(item)
+            elif type(item) in _PLAIN:
+                out[key] = item
             else:
                 out[key] = redact(item)
         return out
@@ -99,5 +109,6 @@ def configure(
 
 def get_logger(**fields: Any) -> structlog.typing.FilteringBoundLogger:
     """The bridge's logger, with `fields` bound."""
-    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger("bridge")
-    return logger.bind(**fields) if fields else logger
+    # Bound at once: the lazy proxy structlog hands out would rebuild the logger per call.
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger("bridge").bind(**fields)
+    return logger

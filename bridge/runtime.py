@@ -33,11 +33,14 @@ from bridge.delivery import (
     Worker,
     alarm_row,
     alarm_sender,
-    event_row,
+    encode_event,
     give_up_alarms,
+    hand_over,
+    ordering_key,
     sink_sender,
 )
-from bridge.errors import ConfigError
+from bridge.errors import ConfigError, Partial, SinkError
+from bridge.events import DownstreamEvent
 from bridge.health import HealthServer
 from bridge.metrics import Metrics, field_label
 from bridge.mqtt import InboundMessage, MqttClient
@@ -151,6 +154,8 @@ class Bridge:
         )
         self._intake = threading.Thread(target=self._work, name="bridge-intake", daemon=True)
         self._last_prune = 0.0
+        self._last_progress = time.monotonic()
+        self._progress_received = 0
 
     # life cycle
 
@@ -249,6 +254,7 @@ class Bridge:
             self.start()
             while not requested.wait(0.5):
                 self._update_status()
+                self._progress()
                 if reload_asked.is_set():
                     reload_asked.clear()
                     if config_path is None:
@@ -272,7 +278,7 @@ class Bridge:
             "ignored": dict(self.stats.ignored),
             "unacked": self.stats.unacked,
             "left_for_redelivery": self.stats.left_for_redelivery,
-            "delivered": {w.name: w.delivered for w in self.workers},
+            "delivered": {w.name: w.delivered + w.direct for w in self.workers},
         }
 
     # sinks and reload
@@ -288,7 +294,7 @@ class Bridge:
     def _sink_worker(self, target: Target, config: Config) -> Worker:
         return Worker(
             target.sink.name,
-            sink_sender(target.sink),
+            sink_sender(target.sink, target.lock),
             self.spool,
             config.delivery,
             threading.Event(),
@@ -311,6 +317,23 @@ class Bridge:
             self.log.error("watchdog_withheld", silent={k: round(v, 1) for k, v in silent.items()})
         else:
             self.log.info("watchdog_resumed")
+
+    def _progress(self) -> None:
+        now = time.monotonic()
+        if now - self._last_progress < self.config.logging.progress_interval:
+            return
+        self._last_progress = now
+        if self.stats.received != self._progress_received:
+            self._progress_received = self.stats.received
+            self.log.info(
+                "progress",
+                received=self.stats.received,
+                forwarded=self.stats.forwarded,
+                rejected=self.stats.rejected,
+                duplicates=self.stats.duplicates,
+                alarms=sum(self.stats.alarms.values()),
+                spool_pending=self.spool.pending,
+            )
 
     def _update_status(self) -> None:
         if not self.spool_writable:
@@ -446,6 +469,13 @@ class Bridge:
         rows: list[NewRow] = []
         keys: list[str] = []
         raws: list[tuple[str, bytes, str]] = []
+        # A caught-up local sink takes the batch's events here, before the commit (so a crash
+        # in between can only repeat them); the others, and what it refuses, go to the spool.
+        direct: dict[str, tuple[Target, list[tuple[DownstreamEvent, str]]]] = {
+            t.sink.name: (t, [])
+            for t in self.targets
+            if t.direct and not self.spool.has_pending(t.sink.name)
+        }
         for index, plan in enumerate(plans):
             if plan.key is None:
                 continue
@@ -456,18 +486,54 @@ class Bridge:
             keys.append(plan.key)
             outcome = plan.outcome
             for event in outcome.forward:
-                rows.extend(
-                    event_row(t.sink.name, event) for t in self.targets if t.route.matches(event)
-                )
+                body: str | None = None
+                for target in self.targets:
+                    if not target.route.matches(event):
+                        continue
+                    if body is None:
+                        body = encode_event(event)  # once, whatever the number of sinks
+                    name = target.sink.name
+                    if name in direct:
+                        direct[name][1].append((event, body))
+                    else:
+                        rows.append(NewRow(name, ordering_key(event), body))
             rows.extend(alarm_row(alarm) for alarm in outcome.alarms)
             if outcome.undecodable:
                 reason = outcome.errors[0].reason if outcome.errors else "unreadable"
                 raws.append((outcome.topic, plan.message.payload, reason))
+        for target, items in direct.values():
+            if items:
+                rows.extend(self._deliver_direct(target, items))
         if (rows or keys or raws) and not self._store(rows, keys, raws):
             self.stats.unacked += len(plans)
             return
         for plan in plans:
             self._finish(plan)
+
+    def _deliver_direct(
+        self, target: Target, items: list[tuple[DownstreamEvent, str]]
+    ) -> list[NewRow]:
+        """Hand events to a caught-up local sink; return the rows of what it did not take."""
+        name = target.sink.name
+        taken = 0
+        try:
+            with target.lock:
+                try:
+                    hand_over(target.sink, [e for e, _ in items], [b for _, b in items])
+                except Partial as partial:
+                    taken = partial.taken
+                    raise partial.cause from None
+            taken = len(items)
+        except Exception as exc:  # noqa: BLE001 - whatever it was, the worker retries it
+            reason = str(exc) if isinstance(exc, SinkError) else f"{type(exc).__name__} in sink"
+            self.log.warning(
+                "sink_failed", sink=name, reason=reason, records=len(items) - taken, direct=True
+            )
+        if taken:
+            worker = next((w for w in self.workers if w.name == name), None)
+            if worker is not None:
+                worker.taken_directly(taken)
+        return [NewRow(name, ordering_key(event), body) for event, body in items[taken:]]
 
     def _store(
         self, rows: list[NewRow], keys: list[str], raws: list[tuple[str, bytes, str]]
@@ -499,15 +565,18 @@ class Bridge:
         self.metrics.latency.observe(time.perf_counter() - plan.started)
         disposition = "duplicate" if plan.duplicate else str(outcome.disposition)
         self.metrics.received.labels(disposition=disposition).inc()
-        log = self.log.bind(topic=outcome.topic, msg_id=outcome.msg_id)
+        log = self.log
+        topic, msg_id = outcome.topic, outcome.msg_id
         if outcome.disposition is not Disposition.PROCESSED:
             self.stats.ignored[outcome.disposition] += 1
-            log.debug("ignored", outcome=str(outcome.disposition), acked=acked)
+            log.debug(
+                "ignored", topic=topic, msg_id=msg_id, outcome=str(outcome.disposition), acked=acked
+            )
             return
         if plan.duplicate:
             self.metrics.duplicates.inc()
             self.stats.duplicates += 1
-            log.info("duplicate", acked=acked)
+            log.info("duplicate", topic=topic, msg_id=msg_id, acked=acked)
             return
         self.stats.forwarded += len(outcome.forward)
         self.stats.rejected += outcome.rejected
@@ -516,8 +585,14 @@ class Bridge:
             self.metrics.alarms.labels(status=alarm.status, code=str(alarm.code)).inc()
         for error in outcome.errors:
             self.metrics.rejections.labels(field=field_label(error.field)).inc()
-        log.info(
+        # Every message at debug; at info only those that raised an alarm: a line per message
+        # at thousands a second would cost more than validating it, and journald's rate limit
+        # (10,000 lines per 30 s by default) would drop most of them. `progress` counts the rest.
+        emit = log.info if outcome.alarms else log.debug
+        emit(
             "message",
+            topic=topic,
+            msg_id=msg_id,
             ops=list(outcome.ops),
             forwarded=len(outcome.forward),
             rejected=outcome.rejected,

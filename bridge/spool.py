@@ -8,6 +8,9 @@ and delete them once their sink has them.
 WAL mode with `synchronous=FULL` by default: a commit survives power loss, so an
 ack never goes out for something a power cut could take back. `NORMAL` is faster
 and survives a crash of the process, but may lose the last commits on power loss.
+The level applies to the intake's commits, which precede acks; the workers' commits
+(delivered rows deleted, retries counted, dead letters) always run at `NORMAL`: a power
+cut can only undo them, and an undone one means a repeat, never a loss.
 """
 
 from __future__ import annotations
@@ -122,8 +125,15 @@ class Spool:
         self._dedup_max_keys = dedup_max_keys
         self._dedup_max_age = dedup_max_age
         self._lock = threading.Lock()
-        self._changed = threading.Condition(threading.Lock())
+        # One lock, a condition per target: a worker is woken only by rows for its target
+        # (and by poke), not by every commit of the intake.
+        self._changed_lock = threading.Lock()
+        self._changed = threading.Condition(self._changed_lock)
+        self._target_changed: dict[str, threading.Condition] = {}
         self._version = 0
+        self._versions: dict[str, int] = {}
+        self._synchronous = synchronous
+        self._sync_now = synchronous
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
@@ -178,6 +188,7 @@ class Spool:
         at = now or time.time()
         with self._lock:
             try:
+                self._set_sync(self._synchronous)
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.executemany(
                     "INSERT INTO outbox (target, okey, body, created) VALUES (?, ?, ?, ?)",
@@ -198,7 +209,7 @@ class Spool:
                 raise SpoolError(f"cannot write the spool: {exc}") from None
             self._pending += len(rows)
         if rows:
-            self._notify()
+            self._notify({r.target for r in rows})
 
     def seen(self, keys: Iterable[str]) -> set[str]:
         """Which of `keys` are inside the de-duplication window."""
@@ -276,6 +287,14 @@ class Spool:
             rows = self._db.execute(query, chosen).fetchall()
         return [Row(*r) for r in rows]
 
+    def has_pending(self, target: str) -> bool:
+        """Whether any row of `target` waits (in hand of its worker, or for a retry)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM outbox WHERE target = ? LIMIT 1", (target,)
+            ).fetchone()
+        return row is not None
+
     def next_due(self, target: str) -> float | None:
         """When the earliest retry of `target` falls due (None when nothing waits)."""
         # Only rows waiting for a retry: rows never tried (next_at 0) that wait behind a
@@ -337,7 +356,7 @@ class Spool:
 
         self._write(move, len(alarms) - len(rows))
         if alarms:
-            self._notify()
+            self._notify({a.target for a in alarms})
 
     # dead letters
 
@@ -382,7 +401,7 @@ class Spool:
         self._write(move, 0)
         with self._lock:
             self._pending += moved
-        self._notify()
+        self._notify(None)
         return moved
 
     def purge(self, ids: Sequence[int] | None) -> int:
@@ -409,30 +428,59 @@ class Spool:
         """Grows whenever rows are added; pass it to `wait_for_change`."""
         return self._version
 
-    def wait_for_change(self, since: int, timeout: float) -> None:
-        """Sleep until rows were added after `version` was `since` (or `timeout` passes)."""
-        with self._changed:
-            if self._version == since:
-                self._changed.wait(timeout)
+    def version_of(self, target: str) -> int:
+        """Grows whenever rows are added for `target`; pass it to `wait_for_change`."""
+        with self._changed_lock:
+            return self._versions.setdefault(target, 0)  # known from now on to `poke`
+
+    def wait_for_change(self, since: int, timeout: float, target: str | None = None) -> None:
+        """Sleep until rows were added after the version (of `target`, or of the whole
+        spool) was `since`, or until `timeout` passes."""
+        with self._changed_lock:
+            if target is None:
+                if self._version == since:
+                    self._changed.wait(timeout)
+                return
+            if self._versions.get(target, 0) == since:
+                condition = self._target_changed.get(target)
+                if condition is None:
+                    condition = threading.Condition(self._changed_lock)
+                    self._target_changed[target] = condition
+                condition.wait(timeout)
 
     def poke(self) -> None:
         """Wake every waiting worker (to see a stop request)."""
-        self._notify()
+        self._notify(None)
 
-    def _notify(self) -> None:
-        with self._changed:
+    def _notify(self, targets: set[str] | None) -> None:
+        with self._changed_lock:
             self._version += 1
             self._changed.notify_all()
+            woken = list(self._versions) if targets is None else targets
+            for target in woken:
+                self._versions[target] = self._versions.get(target, 0) + 1
+                condition = self._target_changed.get(target)
+                if condition is not None:
+                    condition.notify_all()
+
+    def _set_sync(self, level: Literal["FULL", "NORMAL"]) -> None:
+        # Only the intake's commits precede acknowledgements; the workers' (a delivered row
+        # deleted, a retry counted) may be lost to a power cut at the price of a repeat, so
+        # they skip the fsync. A FULL commit syncs the whole log, earlier commits included.
+        if level != self._sync_now:
+            self._db.execute(f"PRAGMA synchronous={level}")
+            self._sync_now = level
 
     def close(self) -> None:
         """Close the database."""
         with self._lock:
             self._db.close()
-        self._notify()
+        self._notify(None)
 
     def _write(self, change: Any, pending_delta: int) -> None:
         with self._lock:
             try:
+                self._set_sync("NORMAL")
                 self._db.execute("BEGIN IMMEDIATE")
                 change(self._db)
                 self._db.execute("COMMIT")

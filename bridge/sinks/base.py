@@ -20,6 +20,10 @@ class Sink(Protocol):
 
     A `SinkError(permanent=True)` means a retry cannot help (the delivery layer
     gives up at once); any other exception is treated as transient.
+
+    A sink class may set `direct = True` when a hand-over is local and quick (a file,
+    the log): while none of its rows wait in the spool, the intake then gives it each
+    batch itself, before the commit, instead of going through the outbox.
     """
 
     name: str

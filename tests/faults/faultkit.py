@@ -262,7 +262,7 @@ def bridge_config(
         "spool": {"path": str(spool), **(spool_options or {})},
         "delivery": {"initial_backoff": 0.05, "max_backoff": 0.5, **(delivery or {})},
         "health": {"port": 0},  # several bridges may run at once
-        "logging": {"level": "info", "format": "json"},
+        "logging": {"level": "debug", "format": "json"},
     }
 
 

@@ -580,6 +580,55 @@ def test_transient_sink_failure_is_retried_then_delivered(
     assert not [t for t, _ in probe.messages if t.endswith("-error-customer")]
 
 
+def test_jsonl_written_by_the_intake_falls_back_to_the_spool_and_keeps_order(
+    mosquitto: Mosquitto, bridges: Callable[..., BridgeProcess], tmp_path: Path
+) -> None:
+    """A caught-up jsonl sink is written by the intake itself; when that write fails the events
+    go to the spool and are retried there, and the customer's later events wait behind them
+    until the spool is drained, then go direct again."""
+    blocker = tmp_path / "out"
+    blocker.write_text("a file where the sink's directory should be\n")
+    out = blocker / "customers.jsonl"
+    cfg = config(
+        mosquitto,
+        [{"type": "jsonl", "name": "file", "path": str(out)}],
+        delivery={"initial_backoff": 0.2, "max_backoff": 0.5, "max_attempts": 1000},
+    )
+    bridge = bridges(cfg).start().wait_ready()
+    for n in (1, 2, 3):
+        publish(mosquitto, (STANDARD_TOPIC, envelope("add", [customer(age=n)], msg_id=f"o-{n}")))
+    bridge.wait_event("sink_failed", sink="file", direct=True)
+    bridge.wait_event("message", msg_id="o-3", acked=True)  # acked once spooled
+    bridge.wait_event("sink_failed", sink="file", attempt=1)  # the worker's own try
+
+    blocker.unlink()
+    lines = wait_lines(out, 3, bridge)
+    assert [line["msgId"] for line in lines] == ["o-1", "o-2", "o-3"]
+    bridge.wait_event("delivered", sink="file")
+    publish(mosquitto, (STANDARD_TOPIC, envelope("add", [customer(age=4)], msg_id="o-4")))
+    lines = wait_lines(out, 4, bridge)
+    assert [line["msgId"] for line in lines] == ["o-1", "o-2", "o-3", "o-4"]
+    bridge.wait_event("delivered", sink="file", direct=True)
+
+
+def test_info_level_logs_alarmed_messages_and_progress_not_each_forwarded_one(
+    broker: Server, bridges: Callable[..., BridgeProcess], tmp_path: Path
+) -> None:
+    """At info a forwarded message gets no line of its own (a `progress` line counts it); one
+    that raised an alarm does."""
+    out = tmp_path / "out.jsonl"
+    cfg = config(broker, [{"type": "jsonl", "path": str(out)}])
+    cfg["logging"] = {"level": "info", "format": "json", "progress_interval": 0.5}
+    bridge = bridges(cfg).start().wait_ready()
+    publish(broker, (STANDARD_TOPIC, envelope("add", [customer()], msg_id="fine")))
+    publish(broker, (STANDARD_TOPIC, envelope("add", [customer(age="年龄")], msg_id="bad")))
+    wait_lines(out, 1, bridge)
+    (alarmed,) = bridge.wait_event("message", msg_id="bad")
+    assert alarmed["level"] == "info" and alarmed["alarms"] == ["CUSTOMER_ADD_ERROR"]
+    bridge.wait_event("progress", forwarded=1, alarms=1)  # received counts the alarm too
+    assert not bridge.events("message")[:-1]  # "fine" was forwarded without a line
+
+
 def test_sigterm_during_sink_retries_leaves_message_for_next_start(
     mosquitto: Mosquitto, bridges: Callable[..., BridgeProcess], tmp_path: Path
 ) -> None:

@@ -417,6 +417,62 @@ def test_wait_for_change_wakes_when_another_thread_adds_rows(spool: Spool) -> No
     assert spool.version != version
 
 
+def test_a_target_waiter_sleeps_through_rows_for_other_targets(spool: Spool) -> None:
+    """A worker waiting on its target is not woken by rows stored for another target."""
+    version = spool.version_of("sink")
+    timer = threading.Timer(0.05, lambda: spool.store([new_row("a", 1, target=ALARMS)], []))
+    timer.start()
+    try:
+        started = time.monotonic()
+        spool.wait_for_change(version, 0.4, "sink")
+        assert time.monotonic() - started >= 0.35
+    finally:
+        timer.join()
+    assert spool.version_of("sink") == version
+
+
+def test_a_target_waiter_wakes_for_its_rows_and_for_poke(spool: Spool) -> None:
+    """Rows for the target wake its waiter at once; so does `poke` (a stop request)."""
+    for wake in (lambda: spool.store([new_row("a", 1)], []), spool.poke):
+        version = spool.version_of("sink")
+        timer = threading.Timer(0.05, wake)
+        timer.start()
+        try:
+            started = time.monotonic()
+            spool.wait_for_change(version, 5.0, "sink")
+            assert time.monotonic() - started < 2.0
+        finally:
+            timer.join()
+
+
+def test_has_pending_sees_rows_of_its_target_only(spool: Spool) -> None:
+    """`has_pending` is true while a row of the target waits, whatever other targets hold."""
+    spool.store([new_row("a", 1, target="other")], [])
+    assert not spool.has_pending("sink")
+    spool.store([new_row("a", 1)], [])
+    assert spool.has_pending("sink")
+    spool.done([row.id for row in spool.due("sink", 10)])
+    assert not spool.has_pending("sink")
+
+
+def test_intake_commits_at_the_configured_level_worker_commits_at_normal(path: Path) -> None:
+    """`store` (which precedes acks) runs at FULL; a worker's `done` drops to NORMAL."""
+    full = Spool(path, synchronous="FULL")
+    try:
+
+        def level() -> int:
+            return int(full._db.execute("PRAGMA synchronous").fetchone()[0])
+
+        full.store([new_row("a", 1)], ["m-1"])
+        assert level() == 2  # FULL
+        full.done([row.id for row in full.due("sink", 10)])
+        assert level() == 1  # NORMAL
+        full.store([new_row("a", 2)], ["m-2"])
+        assert level() == 2
+    finally:
+        full.close()
+
+
 # sizes
 
 
