@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import structlog
 
@@ -51,6 +52,7 @@ from bridge.spool import ALARMS, NewRow, Row, Spool, SpoolError
 
 DRAIN_TIMEOUT = 30.0
 PRUNE_EVERY = 60.0
+READY_GRACE = 60.0
 ALARM_BATCH = 50
 
 
@@ -155,6 +157,7 @@ class Bridge:
         self._intake = threading.Thread(target=self._work, name="bridge-intake", daemon=True)
         self._last_prune = 0.0
         self._last_progress = time.monotonic()
+        self._received_by: dict[str, Any] = {}
         self._progress_received = 0
 
     # life cycle
@@ -182,8 +185,7 @@ class Bridge:
         self._intake.start()
         self.mqtt.start()
         self.watchdog.start()
-        # Ready without waiting for the broker: a broker that is down must not fail the start.
-        self.notifier.ready()
+        threading.Thread(target=self._announce_ready, name="bridge-ready", daemon=True).start()
         self._update_status()
         self.log.info(
             "started",
@@ -194,6 +196,18 @@ class Bridge:
             spool_pending=self.spool.pending,
             health_port=self.health.port if self.health else None,
         )
+
+    def _announce_ready(self) -> None:
+        # READY=1 once subscribed; but a broker that is down must not fail the start (systemd
+        # kills a notify service that stays silent past TimeoutStartSec, 90 s by default), so
+        # after READY_GRACE the bridge says it is up anyway, and keeps connecting.
+        if self.mqtt.subscribed.wait(READY_GRACE):
+            self.notifier.ready()
+            return
+        if self.stopping.is_set():
+            return
+        self.log.warning("ready_without_broker", waited=READY_GRACE)
+        self.notifier.ready()
 
     def readiness(self) -> dict[str, bool]:
         """What /readyz checks: connected and subscribed, spool writable, not back-pressured."""
@@ -564,7 +578,12 @@ class Bridge:
         acked = self._ack(plan.message)
         self.metrics.latency.observe(time.perf_counter() - plan.started)
         disposition = "duplicate" if plan.duplicate else str(outcome.disposition)
-        self.metrics.received.labels(disposition=disposition).inc()
+        received = self._received_by.get(disposition)
+        if received is None:  # labels() takes a lock and a lookup: once per disposition
+            received = self._received_by[disposition] = self.metrics.received.labels(
+                disposition=disposition
+            )
+        received.inc()
         log = self.log
         topic, msg_id = outcome.topic, outcome.msg_id
         if outcome.disposition is not Disposition.PROCESSED:

@@ -83,3 +83,35 @@ def test_ready_status_watchdog_and_stopping(
     bridge.proc.terminate()
     bridge.proc.wait(40)
     assert any("STOPPING=1" in d for d in drain(notify_socket, []))
+
+
+def test_ready_waits_for_the_first_subscribe(
+    mosquitto: Mosquitto,
+    bridges: Callable[..., BridgeProcess],  # noqa: F811
+    notify_socket: socket.socket,
+    tmp_path: Path,
+) -> None:
+    """With the broker down at start the bridge keeps connecting without READY=1 (STATUS says
+    so); READY=1 comes once the broker is back and the bridge has subscribed."""
+    mosquitto.stop()
+    cfg = config(mosquitto, [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}])
+    bridge = bridges(cfg).start(NOTIFY_SOCKET=str(tmp_path / "notify.sock"))
+    seen: list[str] = []
+    wait_until(
+        lambda: any(d.startswith("STATUS=connecting") for d in drain(notify_socket, seen)),
+        10,
+        lambda: f"a STATUS line, got {seen}",
+        bridge,
+    )
+    time.sleep(1.5)
+    drain(notify_socket, seen)
+    assert not any("READY=1" in d for d in seen), seen
+
+    mosquitto.start()
+    bridge.wait_event("subscribed", timeout=15)
+    wait_until(
+        lambda: any("READY=1" in d for d in drain(notify_socket, seen)),
+        5,
+        lambda: f"READY=1 after the subscribe, got {seen}",
+        bridge,
+    )
