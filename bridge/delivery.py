@@ -275,20 +275,14 @@ class Worker:
 
 def sink_sender(sink: Sink, lock: threading.Lock | None = None) -> Callable[[Sequence[Row]], None]:
     """Hand rows to a sink: as their stored JSON to a sink that takes it, else as events."""
-    send_json = getattr(sink, "send_json", None)
+    takes_json = callable(getattr(sink, "send_json", None))
     guard = lock or threading.Lock()
-    if callable(send_json):
-
-        def send_stored(rows: Sequence[Row]) -> None:
-            with guard:
-                send_json([row.body for row in rows])
-
-        return send_stored
 
     def send(rows: Sequence[Row]) -> None:
-        events = [DownstreamEvent.from_dict(row.decoded()) for row in rows]
+        # Rows are decoded into events only for a sink that wants events.
+        events = [] if takes_json else [DownstreamEvent.from_dict(row.decoded()) for row in rows]
         with guard:
-            sink.send(events)
+            hand_over(sink, events, [row.body for row in rows])
 
     return send
 
