@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated subset: limit,jsonl,webhook,node-red,shared,steady",
+        help="comma-separated subset: limit,receiver,jsonl,webhook,node-red,shared,steady",
     )
     parser.add_argument("--soak", action="store_true", help="only the soak (RSS over time)")
     parser.add_argument("--soak-minutes", type=float, default=10.0)
@@ -328,7 +328,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def full(args: argparse.Namespace, work: Path, document: dict[str, Any], started: float) -> int:
-    wanted = args.only_set or {"limit", "jsonl", "webhook", "node-red", "shared", "steady"}
+    wanted = args.only_set or {
+        "limit", "receiver", "jsonl", "webhook", "node-red", "shared", "steady",
+    }  # fmt: skip
     if args.skip_node_red:
         wanted.discard("node-red")
     log(f"traffic: generating {args.messages:,} envelopes ...")
@@ -342,6 +344,14 @@ def full(args: argparse.Namespace, work: Path, document: dict[str, Any], started
         limit = scenarios.drain_bare(work / "limit", envelopes, args.receive_maximum)
         drains.append(limit)
         log(f"  {limit.rate:,.0f} msgs/s")
+    receiver = None
+    if "receiver" in wanted:
+        log("drain (a2): the bridge's own intake client, parse + ack only ...")
+        receiver = scenarios.drain_intake_receiver(
+            work / "receiver", envelopes, args.receive_maximum
+        )
+        drains.append(receiver)
+        log(f"  {receiver.rate:,.0f} msgs/s")
     if "jsonl" in wanted:
         log("drain (b): bridge, jsonl sink, spool on (default config) ...")
         bridge = scenarios.drain_bridge(work / "jsonl", envelopes, sink="jsonl")
@@ -385,6 +395,9 @@ def full(args: argparse.Namespace, work: Path, document: dict[str, Any], started
     document["limit_msgs_per_s_mean"] = None if limit_rate is None else round(limit_rate, 1)
     document["ratios"] = {
         "bridge_vs_limit": round(bridge.rate / limit_rate, 3) if bridge and limit_rate else None,
+        "intake_client_vs_limit": round(receiver.rate / limit_rate, 3)
+        if receiver and limit_rate
+        else None,
         "bridge_vs_node_red": round(bridge.rate / peer.rate, 3)
         if bridge and peer and peer.rate
         else None,

@@ -358,6 +358,27 @@ def _alarm_ids(payloads: Sequence[bytes]) -> tuple[Tally[str], int]:
 
 def drain_bare(workdir: Path, envelopes: Sequence[Envelope], receive_maximum: int) -> Drain:
     """(a) the limit: a bare paho QoS 1 subscriber with manual acks that only parses."""
+    return _drain_subscriber(
+        workdir, envelopes, receive_maximum, "bare_subscriber.py", "limit: bare paho subscriber"
+    )
+
+
+def drain_intake_receiver(
+    workdir: Path, envelopes: Sequence[Envelope], receive_maximum: int
+) -> Drain:
+    """The bridge's own receive-only client doing the bare subscriber's work (parse, ack)."""
+    return _drain_subscriber(
+        workdir, envelopes, receive_maximum, "intake_subscriber.py", "bridge intake client"
+    )
+
+
+def _drain_subscriber(
+    workdir: Path,
+    envelopes: Sequence[Envelope],
+    receive_maximum: int,
+    script: str,
+    consumer: str,
+) -> Drain:
     client_id = "bench-bare"
     with Mosquitto(workdir / "broker") as broker:
         prime_session(broker, client_id, [BRIDGE_FILTER])
@@ -368,7 +389,7 @@ def drain_bare(workdir: Path, envelopes: Sequence[Envelope], receive_maximum: in
         proc = subprocess.run(
             [
                 sys.executable,
-                str(BENCH / "bare_subscriber.py"),
+                str(BENCH / script),
                 "--port",
                 str(broker.port),
                 "--client-id",
@@ -383,17 +404,18 @@ def drain_bare(workdir: Path, envelopes: Sequence[Envelope], receive_maximum: in
             capture_output=True,
             text=True,
             check=False,
+            env=bridge_env(),
         )
         ended = time.monotonic_ns()
         host = meter.stop()
     try:
         result = json.loads(proc.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        raise RuntimeError(f"bare subscriber failed:\n{proc.stdout}\n{proc.stderr}") from None
+        raise RuntimeError(f"{script} failed:\n{proc.stdout}\n{proc.stderr}") from None
     last = result["last"] or ended
     first = result["first"]
     return Drain(
-        consumer="limit: bare paho subscriber",
+        consumer=consumer,
         messages=len(envelopes),
         finished=bool(result["finished"]),
         seconds=(last - started) / 1e9,

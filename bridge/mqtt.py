@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -35,28 +34,13 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.config import BrokerConfig
 from bridge.errors import BrokerError, ConfigError, PublishRefused
+from bridge.intake.message import InboundMessage
 
 
 def _no_delay(_client: Client, _userdata: Any, sock: Any) -> None:
     # Without TCP_NODELAY an ack or publish can wait ~40 ms for Nagle and delayed ACKs.
     with contextlib.suppress(OSError, AttributeError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-@dataclass(frozen=True, slots=True)
-class InboundMessage:
-    """A message as received. `topic` is None when the topic was not UTF-8.
-
-    `generation` counts connections: an ack only makes sense on the connection
-    the message came on, since packet ids are reused across connections.
-    """
-
-    topic: str | None
-    payload: bytes
-    mid: int
-    qos: int
-    generation: int
-    received_ns: int
 
 
 class MqttClient:

@@ -43,8 +43,9 @@ from bridge.delivery import (
 from bridge.errors import ConfigError, Partial, SinkError
 from bridge.events import DownstreamEvent
 from bridge.health import HealthServer
+from bridge.intake.message import InboundMessage
 from bridge.metrics import Metrics, field_label
-from bridge.mqtt import InboundMessage, MqttClient
+from bridge.mqtt import MqttClient
 from bridge.pipeline import Disposition, Outcome, Pipeline
 from bridge.sdnotify import Notifier, Watchdog
 from bridge.sinks import SinkContext, build_sinks

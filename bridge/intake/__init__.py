@@ -1,0 +1,1 @@
+"""The intake: the receive-only MQTT connection (codec and socket loop) and what it hands over."""
