@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import json
+import random
 import sqlite3
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,7 +16,16 @@ from typing import Any
 
 import pytest
 import structlog
+from brokers import free_port
 from databases import Postgres
+from test_bridge_run import (  # the fixture is used by name
+    BridgeProcess,
+    bridges,  # noqa: F401
+    config,
+    envelope,
+    publish,
+    wait_until,
+)
 
 from bridge.errors import ConfigError, Rejected, SinkError
 from bridge.events import DownstreamEvent
@@ -307,8 +320,6 @@ def test_tombstones_past_their_age_are_purged(mirror: Callable[..., MirrorSink])
 
 def test_unreachable_postgres_is_a_transient_failure(tmp_path: Path) -> None:
     """A server that does not answer: the sink builds, and each batch fails for a retry."""
-    from brokers import free_port  # noqa: PLC0415
-
     cfg = MirrorConfig.model_validate(
         {"type": "mirror", "database": f"postgresql://bridge@127.0.0.1:{free_port()}/mirror"}
     )
@@ -347,3 +358,226 @@ def test_unusable_database_urls_are_config_errors(url: str) -> None:
     """A URL the mirror cannot use is refused when the config is read."""
     with pytest.raises(ValueError, match=r"URL|write"):
         MirrorConfig.model_validate({"type": "mirror", "database": url})
+
+
+# --- the mirror in a running bridge -----------------------------------------------------------
+
+STANDARD_TOPIC = f"{TENANT}/proj_{PROJECT}/v1-business-model-customer"
+
+
+def table_of(database: dict[str, str]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Every row of the mirror table, without the write time (which differs between runs)."""
+    cfg = MirrorConfig.model_validate({"type": "mirror", **database})
+    sink = MirrorSink("probe", cfg.connector({}), cfg.table)
+    try:
+        store = sink.connect()
+        keys = [
+            (t, p, i)
+            for t, p, i in store.dialect.execute(
+                f'SELECT tenant, project_id, id FROM "{cfg.table}"'
+            )
+        ]
+        rows = store.read(keys)
+    finally:
+        sink.close()
+    return {
+        key: {k: v for k, v in value.items() if k != "updated_at"} for key, value in rows.items()
+    }
+
+
+def traffic(customers: int, rounds: int, seed: int = 7) -> tuple[list[bytes], dict[str, Any]]:
+    """Shuffled messages (several customers each) and the final state each customer must reach.
+
+    Every add and edit carries the same fields, so the newest event alone decides a row, and
+    the expected table does not depend on the order the events are applied in.
+    """
+
+    rand = random.Random(seed)
+    events: list[tuple[int, str, str, dict[str, Any]]] = []
+    for n in range(customers):
+        cid = f"c-{n:03d}"
+        for r in range(rounds):
+            ts = T0 + r * 1000 + n
+            op = "add" if r == 0 else rand.choice(["edit", "edit", "edit", "delete", "add"])
+            record: dict[str, Any] = {"id": cid}
+            if op != "delete":
+                record.update(
+                    projectId=PROJECT, name=f"客户{n}", phone="13800138000", remark=f"r{r}", age=r
+                )
+            events.append((ts, op, cid, record))
+    final: dict[str, Any] = {}
+    for ts, op, cid, record in sorted(events, key=lambda e: e[0]):
+        final[cid] = (op, ts, record.get("remark"))
+    rand.shuffle(events)
+    messages = []
+    for start in range(0, len(events), 4):
+        chunk = events[start : start + 4]
+        ops: dict[str, Any] = {}
+        for ts, op, _cid, record in chunk:
+            # One operation key per event: each keeps its own eventTs (repeated keys are kept).
+            ops.setdefault(op, []).append((ts, record))
+        for op, items in ops.items():
+            for ts, record in items:
+                body = {
+                    "msgId": f"msg-{ts}-{record['id']}",
+                    "reportTs": ts // 1000,
+                    "profile": {"poiCode": "s0140001", "appType": "customer", "modelId": 140001},
+                    "events": {op: {"eventTs": ts, "eventType": 1, "customerList": [record]}},
+                }
+                messages.append(json.dumps(body, ensure_ascii=False).encode())
+    return messages, final
+
+
+def matches(rows: dict[tuple[str, str, str], dict[str, Any]], final: dict[str, Any]) -> bool:
+    """Whether the table holds exactly the expected final state of each customer."""
+    if len(rows) != len(final):
+        return False
+    for cid, (op, ts, remark) in final.items():
+        stored = rows.get((TENANT, PROJECT, cid))
+        if stored is None or stored["event_ts"] != ts:
+            return False
+        if stored["deleted"] != (op == "delete") or stored["remark"] != remark:
+            return False
+    return True
+
+
+def _bridge_config(server: Any, database: dict[str, str], **sections: Any) -> dict[str, Any]:
+
+    sink = {"type": "mirror", "name": "mirror", "batch_size": 50, **database}
+    return config(server, [sink], **sections)
+
+
+@pytest.mark.mosquitto
+def test_share_group_bridges_converge_to_the_single_bridge_table(
+    mosquitto: Any,
+    bridges: Callable[..., BridgeProcess],  # noqa: F811 postgres: Postgres
+) -> None:
+    """Two bridges of one $share group writing one PostgreSQL reach the table one bridge writes."""
+
+    messages, final = traffic(customers=30, rounds=6)
+    single = {"database": postgres.url, "table": f"single_{uuid.uuid4().hex[:6]}"}
+    shared = {"database": postgres.url, "table": f"shared_{uuid.uuid4().hex[:6]}"}
+    alone = bridges(_bridge_config(mosquitto, single), "alone").start().wait_ready()
+    publish(mosquitto, *((STANDARD_TOPIC, body) for body in messages))
+    wait_until(lambda: matches(table_of(single), final), 60, alone.log, alone)
+    assert alone.terminate() == 0
+    pair = [
+        bridges(
+            _bridge_config(mosquitto, shared, subscription={"share_group": "mirrors"}),
+            f"shared-{n}",
+        ).start()
+        for n in range(2)
+    ]
+    for bridge in pair:
+        bridge.wait_ready()
+    publish(mosquitto, *((STANDARD_TOPIC, body) for body in messages))
+    wait_until(
+        lambda: matches(table_of(shared), final),
+        60,
+        lambda: f"{len(table_of(shared))} rows\n{pair[0].log()}\n{pair[1].log()}",
+    )
+    for bridge in pair:
+        assert bridge.terminate() == 0
+    taken = [len(bridge.events("message")) for bridge in pair]
+    assert all(taken), f"one bridge took nothing: {taken}"
+    assert table_of(shared) == table_of(single)
+
+
+@pytest.mark.mosquitto
+def test_kill_9_mid_batch_loses_and_duplicates_nothing(
+    mosquitto: Any,
+    bridges: Callable[..., BridgeProcess],  # noqa: F811 database: dict[str, str]
+) -> None:
+    """A bridge killed while it writes the mirror, restarted, ends with the exact table."""
+
+    messages, final = traffic(customers=40, rounds=8, seed=11)
+    cfg = _bridge_config(mosquitto, database, broker={"client_id": "it-mirror-kill"})
+    first = bridges(cfg, "doomed").start().wait_ready()
+    publish(mosquitto, *((STANDARD_TOPIC, body) for body in messages))
+    wait_until(lambda: len(table_of(database)) >= 10, 60, first.log, first)
+    first.kill()
+    second = bridges(cfg, "again").start().wait_ready()
+    wait_until(lambda: matches(table_of(database), final), 60, second.log, second)
+    assert second.terminate() == 0
+    rows = table_of(database)
+    assert sorted(cid for _t, _p, cid in rows) == sorted(final)
+
+
+@pytest.mark.mosquitto
+def test_replayed_dead_letter_is_applied_and_a_superseded_one_is_stale(
+    mosquitto: Any,
+    bridges: Callable[..., BridgeProcess],  # noqa: F811
+    database: dict[str, str],
+    request: pytest.FixtureRequest,
+) -> None:
+    """A record the database refused is a dead letter; replayed once the table takes it, it
+    is applied, unless a newer event of that customer was applied meanwhile."""
+
+    cfg = _bridge_config(mosquitto, database)
+    bridge = bridges(cfg, "replay").start().wait_ready()
+    base = {"projectId": PROJECT, "name": "张三", "phone": "13800138000"}
+    publish(mosquitto, (STANDARD_TOPIC, envelope("add", [{"id": "seed", **base}], msg_id="s")))
+    wait_until(lambda: table_of(database), 30, bridge.log, bridge)
+    _add_check(database, request, "age < 150")
+    bad = [{"id": "old", **base, "age": 180}, {"id": "kept", **base, "age": 170}]
+    publish(mosquitto, (STANDARD_TOPIC, envelope("add", bad, msg_id="bad", event_ts=T0)))
+    publish(mosquitto, (STANDARD_TOPIC, envelope("add", [{"id": "ok", **base}], msg_id="ok")))
+    bridge.wait_event("sink_gave_up", count=1)
+    wait_until(lambda: (TENANT, PROJECT, "ok") in table_of(database), 30, bridge.log, bridge)
+    newer = [{"id": "old", **base, "age": 20}]
+    publish(mosquitto, (STANDARD_TOPIC, envelope("edit", newer, msg_id="new", event_ts=T0 + 1)))
+    wait_until(lambda: (TENANT, PROJECT, "old") in table_of(database), 30, bridge.log, bridge)
+    _drop_check(database, request)
+    command = [sys.executable, "-m", "bridge", "dead-letters", "-c", str(bridge.config_path)]
+    listed = subprocess.run([*command, "list"], capture_output=True, text=True, check=True)
+    assert len(listed.stdout.splitlines()) == 2
+    subprocess.run([*command, "replay", "--all"], capture_output=True, text=True, check=True)
+    wait_until(lambda: (TENANT, PROJECT, "kept") in table_of(database), 30, bridge.log, bridge)
+    assert bridge.terminate() == 0
+    rows = table_of(database)
+    assert rows[(TENANT, PROJECT, "kept")]["age"] == 170
+    assert rows[(TENANT, PROJECT, "old")]["age"] == 20  # the replayed add was older: stale
+    show = [sys.executable, "-m", "bridge", "mirror", "show", TENANT, PROJECT, "kept"]
+    shown = subprocess.run(
+        [*show, "-c", str(bridge.config_path)], capture_output=True, text=True, check=True
+    )
+    assert "13800138000" not in shown.stdout
+    assert "张三" not in shown.stdout
+    assert json.loads(shown.stdout)["age"] == 170
+    revealed = subprocess.run(
+        [*show, "-c", str(bridge.config_path), "--reveal"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(revealed.stdout)["phone"] == "13800138000"
+    stats_out = subprocess.run(
+        [sys.executable, "-m", "bridge", "mirror", "stats", "-c", str(bridge.config_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    counted = json.loads(stats_out.stdout)
+    assert (counted["rows"], counted["tombstones"]) == (4, 0)
+    assert counted["stale_skipped"] >= 1
+    assert counted["records_refused"] == 2
+
+
+def _drop_check(database: dict[str, str], request: pytest.FixtureRequest) -> None:
+    table = database["table"]
+    if database["database"].startswith("sqlite"):
+        path = database["database"].removeprefix("sqlite:///")
+        db = sqlite3.connect(path)
+        (ddl,) = db.execute("SELECT sql FROM sqlite_master WHERE name = ?", [table]).fetchone()
+        start = ddl.index("CHECK (")
+        end = ddl.index("), PRIMARY KEY") + 3
+        db.executescript(
+            f'ALTER TABLE "{table}" RENAME TO old_{table};'
+            + ddl[:start]
+            + ddl[end:]
+            + f';INSERT INTO "{table}" SELECT * FROM old_{table}; DROP TABLE old_{table};'
+        )
+        db.close()
+    else:
+        server: Postgres = request.getfixturevalue("postgres")
+        server.sql(f'ALTER TABLE "{table}" DROP CONSTRAINT "{table}_age_check"', "mirror")
