@@ -442,7 +442,6 @@ def matches(rows: dict[tuple[str, str, str], dict[str, Any]], final: dict[str, A
 
 
 def _bridge_config(server: Any, database: dict[str, str], **sections: Any) -> dict[str, Any]:
-
     sink = {"type": "mirror", "name": "mirror", "batch_size": 50, **database}
     return config(server, [sink], **sections)
 
@@ -450,10 +449,10 @@ def _bridge_config(server: Any, database: dict[str, str], **sections: Any) -> di
 @pytest.mark.mosquitto
 def test_share_group_bridges_converge_to_the_single_bridge_table(
     mosquitto: Any,
-    bridges: Callable[..., BridgeProcess],  # noqa: F811 postgres: Postgres
+    bridges: Callable[..., BridgeProcess],  # noqa: F811
+    postgres: Postgres,
 ) -> None:
     """Two bridges of one $share group writing one PostgreSQL reach the table one bridge writes."""
-
     messages, final = traffic(customers=30, rounds=6)
     single = {"database": postgres.url, "table": f"single_{uuid.uuid4().hex[:6]}"}
     shared = {"database": postgres.url, "table": f"shared_{uuid.uuid4().hex[:6]}"}
@@ -486,10 +485,10 @@ def test_share_group_bridges_converge_to_the_single_bridge_table(
 @pytest.mark.mosquitto
 def test_kill_9_mid_batch_loses_and_duplicates_nothing(
     mosquitto: Any,
-    bridges: Callable[..., BridgeProcess],  # noqa: F811 database: dict[str, str]
+    bridges: Callable[..., BridgeProcess],  # noqa: F811
+    database: dict[str, str],
 ) -> None:
     """A bridge killed while it writes the mirror, restarted, ends with the exact table."""
-
     messages, final = traffic(customers=40, rounds=8, seed=11)
     cfg = _bridge_config(mosquitto, database, broker={"client_id": "it-mirror-kill"})
     first = bridges(cfg, "doomed").start().wait_ready()
