@@ -122,6 +122,8 @@ class MirrorConfig(SinkConfigBase):
     model_config = ConfigDict(hide_input_in_errors=True)
 
     type: Literal["mirror"]
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    """One transaction per batch: larger batches than other sinks' amortise the commit."""
     database: str
     table: str = "customers"
     password: str | None = Field(default=None, repr=False)
@@ -334,7 +336,7 @@ class MirrorSink:
                 if isinstance(known, DataRefused):
                     raise known from None
                 raise
-            store.count("stale_skipped", stale)
+            store.count("stale_skipped", stale, events_applied=len(events) - stale)
         self._counted(len(events) - stale, stale)
         return {}
 
@@ -365,8 +367,12 @@ class MirrorSink:
                     refused[index] = known.reason
                     continue
                 rows[key] = after
-            store.count("stale_skipped", stale)
-            store.count("records_refused", len(refused))
+            store.count(
+                "stale_skipped",
+                stale,
+                records_refused=len(refused),
+                events_applied=len(events) - stale - len(refused),
+            )
         self._counted(len(events) - stale - len(refused), stale)
         if refused and self._log is not None:
             self._log.warning("mirror_refused", sink=self.name, records=len(refused))

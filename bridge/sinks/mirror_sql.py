@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -126,6 +126,9 @@ class Dialect(Protocol):
         """A write transaction holding the locks of `keys` until it ends."""
         yield  # pragma: no cover - protocol
 
+    def key_match(self, count: int) -> tuple[str, Callable[[Sequence[Key]], list[Any]]]:
+        """A WHERE condition matching `count` keys, and how to turn keys into its parameters."""
+
     def savepoint(self) -> Any:
         """A context manager: a nested transaction that rolls back alone on error."""
 
@@ -197,6 +200,12 @@ class SqliteDialect:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    def key_match(self, count: int) -> tuple[str, Callable[[Sequence[Key]], list[Any]]]:
+        """A row-value IN list of `count` keys."""
+        columns = ", ".join(quote(k) for k in KEY_COLUMNS)
+        values = ", ".join("(?, ?, ?)" for _ in range(count))
+        return f"({columns}) IN (VALUES {values})", lambda keys: [p for k in keys for p in k]
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -294,7 +303,7 @@ class PostgresDialect:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one statement."""
-        cursor = self._db.execute(sql, params, prepare=False)
+        cursor = self._db.execute(sql, params)
         return cursor.fetchall() if cursor.description is not None else []
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -318,6 +327,15 @@ class PostgresDialect:
                     [ids],
                 )
             yield
+
+    def key_match(self, count: int) -> tuple[str, Callable[[Sequence[Key]], list[Any]]]:
+        """Three arrays whatever the count: one statement, prepared once by psycopg."""
+        del count
+        columns = ", ".join(quote(k) for k in KEY_COLUMNS)
+        return (
+            f"({columns}) IN (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))",
+            lambda keys: [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]],
+        )
 
     def savepoint(self) -> Any:
         """psycopg's nested transaction is a SAVEPOINT."""
@@ -403,6 +421,7 @@ class Store:
             d.execute(
                 f"CREATE TABLE IF NOT EXISTS {META_TABLE} ("
                 " table_name TEXT PRIMARY KEY, schema_version INTEGER NOT NULL,"
+                f" events_applied {types['bigint']} NOT NULL DEFAULT 0,"
                 f" stale_skipped {types['bigint']} NOT NULL DEFAULT 0,"
                 f" tombstones_purged {types['bigint']} NOT NULL DEFAULT 0,"
                 f" records_refused {types['bigint']} NOT NULL DEFAULT 0){d.table_suffix()}"
@@ -453,17 +472,12 @@ class Store:
     ) -> dict[tuple[str, str, str], dict[str, Any]]:
         """The stored rows of `keys`, decoded, by key."""
         found: dict[Key, dict[str, Any]] = {}
-        p = self.dialect.placeholder
         unique = list(dict.fromkeys(keys))
         # Bounded statements: SQLite allows 32766 parameters, and plans stay small.
-        for start in range(0, len(unique), 300):
-            chunk = unique[start : start + 300]
-            match = " OR ".join(
-                f"({quote('tenant')} = {p} AND {quote('project_id')} = {p} AND {quote('id')} = {p})"
-                for _ in chunk
-            )
-            params = [part for key in chunk for part in key]
-            for values in self.dialect.execute(self._select + match, params):
+        for start in range(0, len(unique), 1000):
+            chunk = unique[start : start + 1000]
+            match, params = self.dialect.key_match(len(chunk))
+            for values in self.dialect.execute(self._select + match, params(chunk)):
                 row = {
                     name: self.dialect.decode(name, value)
                     for name, value in zip(ALL_COLUMNS, values, strict=True)
@@ -480,13 +494,16 @@ class Store:
         if rows:
             self.dialect.executemany(self._upsert, [self.encoded(row) for row in rows])
 
-    def count(self, column: str, amount: int) -> None:
-        """Add to one of the counters of `bridge_mirror` (in the batch's transaction)."""
-        if amount:
+    def count(self, column: str, amount: int, **more: int) -> None:
+        """Add to counters of `bridge_mirror` (in the batch's transaction), in one statement."""
+        amounts = {column: amount, **more}
+        amounts = {name: n for name, n in amounts.items() if n}
+        if amounts:
             p = self.dialect.placeholder
+            sets = ", ".join(f"{name} = {name} + {p}" for name in amounts)
             self.dialect.execute(
-                f"UPDATE {META_TABLE} SET {column} = {column} + {p} WHERE table_name = {p}",
-                [amount, self.table],
+                f"UPDATE {META_TABLE} SET {sets} WHERE table_name = {p}",
+                [*amounts.values(), self.table],
             )
 
     def purge(self, before: datetime) -> int:
@@ -511,15 +528,17 @@ class Store:
             [d.encode("deleted", True), d.encode("deleted", True)],
         )[0]
         counters = d.execute(
-            f"SELECT schema_version, stale_skipped, tombstones_purged, records_refused"
+            "SELECT schema_version, events_applied, stale_skipped, tombstones_purged,"
+            " records_refused"
             f" FROM {META_TABLE} WHERE table_name = {p}",
             [self.table],
         )
-        version, stale, purged, refused = counters[0] if counters else (0, 0, 0, 0)
+        version, applied, stale, purged, refused = counters[0] if counters else (0,) * 5
         return {
             "schema_version": int(version),
             "rows": int(live),
             "tombstones": int(dead),
+            "events_applied": int(applied),
             "stale_skipped": int(stale),
             "tombstones_purged": int(purged),
             "records_refused": int(refused),

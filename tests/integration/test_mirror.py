@@ -511,7 +511,6 @@ def test_replayed_dead_letter_is_applied_and_a_superseded_one_is_stale(
 ) -> None:
     """A record the database refused is a dead letter; replayed once the table takes it, it
     is applied, unless a newer event of that customer was applied meanwhile."""
-
     cfg = _bridge_config(mosquitto, database)
     bridge = bridges(cfg, "replay").start().wait_ready()
     base = {"projectId": PROJECT, "name": "张三", "phone": "13800138000"}
