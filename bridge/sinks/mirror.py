@@ -308,7 +308,7 @@ class MirrorSink:
             )
 
     def _apply_fast(self, store: Store, events: Sequence[DownstreamEvent]) -> dict[int, str]:
-        # The whole batch in one transaction and one executemany; a record the database
+        # The whole batch in one transaction and one multi-row upsert; a record the database
         # refuses sends the batch to `_apply_each`, which finds it.
         keys = [event.ordering_key for event in events]
         with store.dialect.transaction(keys):

@@ -24,6 +24,7 @@ SCHEMA_VERSION = 1
 """The version of the mirror table layout this code writes; recorded in `bridge_mirror`."""
 
 META_TABLE = "bridge_mirror"
+ROWS_PER_STATEMENT = 500
 Key = tuple[str, str, str]
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -76,6 +77,15 @@ ALL_COLUMNS: tuple[str, ...] = (
     KEY_COLUMNS + tuple(column.name for column in DATA_COLUMNS) + STATE_COLUMNS
 )
 JSON_COLUMNS = frozenset(c.name for c in DATA_COLUMNS if c.kind == "json") | {"extra"}
+COLUMN_KINDS: Mapping[str, str] = {
+    **dict.fromkeys(KEY_COLUMNS, "text"),
+    **{c.name: c.kind for c in DATA_COLUMNS},
+    "extra": "json",
+    **dict.fromkeys(("kind", "version", "vendor", "msg_id"), "text"),
+    **dict.fromkeys(("event_ts", "report_ts"), "bigint"),
+    "updated_at": "time",
+    "deleted": "bool",
+}
 
 
 def quote(name: str) -> str:
@@ -108,6 +118,12 @@ class Dialect(Protocol):
 
     placeholder: str
     label: str
+    converts_in: frozenset[str]
+    """Columns whose values `encode` changes (the others go to the driver as they are)."""
+    converts_out: frozenset[str]
+    """Columns whose stored values `decode` changes."""
+    column_arrays: bool
+    """Whether a batch of rows is written as one array per column (else a multi-row VALUES)."""
 
     def types(self) -> Mapping[str, str]:
         """SQL type per column kind (text, int, bigint, json, bool, time)."""
@@ -117,9 +133,6 @@ class Dialect(Protocol):
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one statement; the rows it returns."""
-
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        """Run one statement for many parameter rows."""
 
     @contextmanager
     def transaction(self, keys: Sequence[tuple[str, str, str]]) -> Iterator[None]:
@@ -154,6 +167,8 @@ class SqliteDialect:
 
     placeholder = "?"
     label = "sqlite"
+    column_arrays = False
+    converts_in = converts_out = JSON_COLUMNS | {"deleted", "updated_at"}
 
     def __init__(self, path: Path, *, busy_timeout: float = 10.0) -> None:
         try:
@@ -185,10 +200,6 @@ class SqliteDialect:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one statement."""
         return self._db.execute(sql, params).fetchall()
-
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        """Run one statement for many rows."""
-        self._db.executemany(sql, rows)
 
     @contextmanager
     def transaction(self, keys: Sequence[tuple[str, str, str]]) -> Iterator[None]:
@@ -271,6 +282,10 @@ class PostgresDialect:
 
     placeholder = "%s"
     label = "postgresql"
+    column_arrays = True
+    """Rows go as one array per column through unnest: 45 parameters, whatever the batch."""
+    converts_in = JSON_COLUMNS
+    converts_out: frozenset[str] = frozenset()
 
     def __init__(self, conninfo: str, table: str) -> None:
         try:
@@ -305,11 +320,6 @@ class PostgresDialect:
         """Run one statement."""
         cursor = self._db.execute(sql, params)
         return cursor.fetchall() if cursor.description is not None else []
-
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        """psycopg pipelines executemany: one round trip for the lot."""
-        with self._db.cursor() as cursor:
-            cursor.executemany(sql, rows)
 
     @contextmanager
     def transaction(self, keys: Sequence[tuple[str, str, str]]) -> Iterator[None]:
@@ -407,11 +417,20 @@ class Store:
             for name in ALL_COLUMNS
             if name not in KEY_COLUMNS
         )
-        self._upsert = (
-            f"INSERT INTO {quote(table)} ({columns}) VALUES ({values})"
-            f" ON CONFLICT ({keys}) DO UPDATE SET {updates}"
+        self._insert = f"INSERT INTO {quote(table)} ({columns}) VALUES "
+        self._row = f"({values})"
+        self._conflict = f" ON CONFLICT ({keys}) DO UPDATE SET {updates}"
+        self._statements: dict[int, str] = {}
+        types = dialect.types()
+        # %b: psycopg dumps arrays in binary, far cheaper than quoting each element as text.
+        arrays = ", ".join(f"%b::{types[COLUMN_KINDS[name]]}[]" for name in ALL_COLUMNS)
+        self._by_columns = (
+            f"INSERT INTO {quote(table)} ({columns}) SELECT * FROM unnest({arrays})"
+            + self._conflict
         )
         self._select = f"SELECT {columns} FROM {quote(table)} WHERE "
+        self._encoded = [(i, n) for i, n in enumerate(ALL_COLUMNS) if n in dialect.converts_in]
+        self._decoded = [n for n in ALL_COLUMNS if n in dialect.converts_out]
 
     def prepare(self) -> None:
         """Create what is missing and check the schema version; SchemaTooNew if it is newer."""
@@ -478,21 +497,40 @@ class Store:
             chunk = unique[start : start + 1000]
             match, params = self.dialect.key_match(len(chunk))
             for values in self.dialect.execute(self._select + match, params(chunk)):
-                row = {
-                    name: self.dialect.decode(name, value)
-                    for name, value in zip(ALL_COLUMNS, values, strict=True)
-                }
+                row = dict(zip(ALL_COLUMNS, values, strict=True))
+                for name in self._decoded:
+                    if row[name] is not None:
+                        row[name] = self.dialect.decode(name, row[name])
                 found[(row["tenant"], row["project_id"], row["id"])] = row
         return found
 
     def encoded(self, row: Mapping[str, Any]) -> list[Any]:
         """A row's values in column order, as the driver takes them."""
-        return [self.dialect.encode(name, row.get(name)) for name in ALL_COLUMNS]
+        values = [row.get(name) for name in ALL_COLUMNS]
+        encode = self.dialect.encode
+        for index, name in self._encoded:
+            if values[index] is not None:
+                values[index] = encode(name, values[index])
+        return values
 
     def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Upsert whole rows (the caller merged them under the batch's locks)."""
-        if rows:
-            self.dialect.executemany(self._upsert, [self.encoded(row) for row in rows])
+        # Multi-row statements: one round trip per chunk, under both backends' parameter
+        # limits (SQLite 32766, PostgreSQL 65535). A key occurs once: the caller merged them.
+        if self.dialect.column_arrays and rows:
+            encoded = [self.encoded(row) for row in rows]
+            self.dialect.execute(
+                self._by_columns, [list(column) for column in zip(*encoded, strict=True)]
+            )
+            return
+        step = ROWS_PER_STATEMENT
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            statement = self._statements.get(len(chunk))
+            if statement is None:
+                statement = self._insert + ", ".join([self._row] * len(chunk)) + self._conflict
+                self._statements[len(chunk)] = statement
+            self.dialect.execute(statement, [v for row in chunk for v in self.encoded(row)])
 
     def count(self, column: str, amount: int, **more: int) -> None:
         """Add to counters of `bridge_mirror` (in the batch's transaction), in one statement."""
