@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_serializer, field_validator, model_validator
 
 from bridge.errors import ConfigError, Rejected, SinkError
 from bridge.events import DownstreamEvent
 from bridge.records import Op
-from bridge.secrets import check_references, interpolate, read_secret_file
+from bridge.secrets import ENV_REF, check_references, interpolate, read_secret_file
 from bridge.sinks.base import SinkConfigBase, SinkContext
 from bridge.sinks.mirror_sql import (
     DATA_COLUMNS,
@@ -165,6 +165,13 @@ class MirrorConfig(SinkConfigBase):
         if value is not None:
             check_references(value)
         return value
+
+    @field_serializer("password")
+    def _masked_password(self, value: str | None) -> str | None:
+        # A reference is safe to show (check-config prints the config); a literal is not.
+        if value is None or ENV_REF.fullmatch(value):
+            return value
+        return "***"
 
     @model_validator(mode="after")
     def _one_password(self) -> MirrorConfig:

@@ -344,6 +344,11 @@ def test_password_comes_from_the_environment_and_never_shows(
     )
     assert "s3cr3t-pw" not in repr(cfg)
     assert "s3cr3t-pw" not in cfg.where()
+    assert cfg.model_dump(mode="json")["password"] == "${MIRROR_PW}"
+    literal = MirrorConfig.model_validate(
+        {"type": "mirror", "database": "postgresql://bridge@127.0.0.1:1/mirror", "password": "pw1"}
+    )
+    assert literal.model_dump(mode="json")["password"] == "***"
     with pytest.raises(ValueError, match="password"):
         MirrorConfig.model_validate(
             {"type": "mirror", "database": "postgresql://bridge:pw@127.0.0.1:1/mirror"}
