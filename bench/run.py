@@ -59,7 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated subset: limit,receiver,jsonl,webhook,node-red,shared,steady",
+        help="comma-separated subset: limit,receiver,jsonl,webhook,mirror-sqlite,"
+        "mirror-postgresql,node-red,shared,steady",
     )
     parser.add_argument("--soak", action="store_true", help="only the soak (RSS over time)")
     parser.add_argument("--soak-minutes", type=float, default=10.0)
@@ -329,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def full(args: argparse.Namespace, work: Path, document: dict[str, Any], started: float) -> int:
     wanted = args.only_set or {
-        "limit", "receiver", "jsonl", "webhook", "node-red", "shared", "steady",
+        "limit", "receiver", "jsonl", "webhook", "mirror-sqlite", "mirror-postgresql",
+        "node-red", "shared", "steady",
     }  # fmt: skip
     if args.skip_node_red:
         wanted.discard("node-red")
@@ -362,6 +364,15 @@ def full(args: argparse.Namespace, work: Path, document: dict[str, Any], started
         hook = scenarios.drain_bridge(work / "webhook", envelopes, sink="webhook")
         drains.append(hook)
         log(f"  {hook.rate:,.0f} msgs/s")
+    mirrors: dict[str, Drain] = {}
+    for backend in ("sqlite", "postgresql"):
+        if f"mirror-{backend}" in wanted:
+            log(f"drain: bridge, mirror sink on {backend} ...")
+            mirrors[backend] = scenarios.drain_bridge(
+                work / f"mirror-{backend}", envelopes, sink=f"mirror-{backend}"
+            )
+            drains.append(mirrors[backend])
+            log(f"  {mirrors[backend].rate:,.0f} msgs/s")
     if "node-red" in wanted:
         nodered.ensure_installed(log)
         log("drain (d): Node-RED flow ...")
@@ -401,8 +412,24 @@ def full(args: argparse.Namespace, work: Path, document: dict[str, Any], started
         "bridge_vs_node_red": round(bridge.rate / peer.rate, 3)
         if bridge and peer and peer.rate
         else None,
+        **{
+            f"mirror_{backend}_vs_jsonl": round(m.rate / bridge.rate, 3)
+            if bridge and bridge.rate
+            else None
+            for backend, m in mirrors.items()
+        },
     }
     document["targets"] = verdicts(limit_rate, bridge, peer, steady_results)
+    for backend, m in mirrors.items():
+        if bridge is not None and bridge.rate:
+            ratio = m.rate / bridge.rate
+            document["targets"].append(
+                {
+                    "target": f"mirror drain on {backend} >= 0.5 x jsonl sink",
+                    "measured": f"{ratio:.2f} x ({m.rate:,.0f} vs {bridge.rate:,.0f} msgs/s)",
+                    "pass": ratio >= 0.5 and bool(m.check.get("ok")),
+                }
+            )
     document["wall_seconds"] = round(time.monotonic() - started, 1)
     kind = "quick" if args.quick else "full"
     path = write_results(args, kind, document)

@@ -430,6 +430,71 @@ def _drain_subscriber(
     )
 
 
+class MirrorProbe:
+    """The mirror's database for a drain (a file, or a throwaway PostgreSQL) and its counters."""
+
+    def __init__(self, workdir: Path, backend: str) -> None:
+        self.backend = backend
+        self._server: Any = None
+        if backend == "sqlite":
+            self.url = f"sqlite:///{workdir / 'mirror.db'}"
+            self._path = workdir / "mirror.db"
+        else:
+            sys.path.insert(0, str(ROOT / "tests"))
+            from databases import Postgres  # noqa: PLC0415 - the tests' throwaway cluster
+
+            self._server = Postgres()
+            self._server.start()
+            self.url = self._server.url
+        self._db: Any = None
+
+    def _query(self, sql: str) -> list[tuple[Any, ...]]:
+        try:
+            if self._db is None:
+                if self.backend == "sqlite":
+                    import sqlite3  # noqa: PLC0415
+
+                    if not self._path.exists():
+                        return []
+                    self._db = sqlite3.connect(self._path, timeout=5)
+                else:
+                    import psycopg  # noqa: PLC0415
+
+                    self._db = psycopg.connect(self.url, autocommit=True)
+            return list(self._db.execute(sql).fetchall())
+        except Exception:
+            return []  # not created yet, or busy: the next poll asks again
+
+    def counted(self) -> int:
+        """Records the mirror has taken so far (applied, stale or refused)."""
+        rows = self._query(
+            "SELECT events_applied + stale_skipped + records_refused FROM bridge_mirror"
+        )
+        return int(rows[0][0]) if rows else 0
+
+    def stats(self) -> dict[str, int]:
+        """The counters and the table's size."""
+        rows = self._query(
+            "SELECT events_applied, stale_skipped, records_refused FROM bridge_mirror"
+        )
+        applied, stale, refused = rows[0] if rows else (0, 0, 0)
+        table = self._query("SELECT COUNT(*) FROM customers")
+        return {
+            "applied": int(applied),
+            "stale": int(stale),
+            "refused": int(refused),
+            "counted": int(applied) + int(stale) + int(refused),
+            "rows": int(table[0][0]) if table else 0,
+        }
+
+    def stop(self) -> None:
+        """Close the probe's connection and stop the cluster."""
+        if self._db is not None:
+            self._db.close()
+        if self._server is not None:
+            self._server.stop()
+
+
 def drain_bridge(
     workdir: Path,
     envelopes: Sequence[Envelope],
@@ -440,7 +505,11 @@ def drain_bridge(
     spool_extra: dict[str, Any] | None = None,
     profiler: Profiler | None = None,
 ) -> Drain:
-    """(b) jsonl or (c) webhook: the bridge drains the backlog queued on its session."""
+    """(b) jsonl, (c) webhook or a mirror: the bridge drains the backlog queued on its session.
+
+    `mirror-sqlite` and `mirror-postgresql` write the mirror table (a throwaway cluster for
+    PostgreSQL); the drain is over when the mirror has counted every record (applied or stale).
+    """
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
@@ -449,8 +518,12 @@ def drain_bridge(
     expected_alarms = sum(e.alarms for e in envelopes)
     out = workdir / "customers.jsonl"
     hook: HookServer | None = None
+    mirror: MirrorProbe | None = None
     if sink == "jsonl":
         sinks: list[dict[str, Any]] = [{"type": "jsonl", "path": str(out)}]
+    elif sink.startswith("mirror"):
+        mirror = MirrorProbe(workdir, sink.removeprefix("mirror-"))
+        sinks = [{"type": "mirror", "database": mirror.url, "table": "customers"}]
     else:
         hook = HookServer().start()
         sinks = [{"type": "webhook", "url": hook.url}]
@@ -475,6 +548,8 @@ def drain_bridge(
                 profiler.attach(bridge.pid)
             if hook is not None:
                 delivered: Callable[[], int] = lambda: hook.events  # noqa: E731
+            elif mirror is not None:
+                delivered = mirror.counted
             else:
                 counter = LineCounter(out)
                 delivered = counter.poll
@@ -491,12 +566,23 @@ def drain_bridge(
                 profiler.finish()
             code = bridge.stop()
             time.sleep(0.2)  # late duplicates, if any, would show in the check
-            if hook is not None:
-                forwarded = Tally(str(i) for i in hook.msg_ids())
-            else:
-                forwarded = _ids_in_files([out])
             alarmed, anonymous = _alarm_ids(list(probe.payloads))
-            check = check_outputs(envelopes, forwarded, alarmed, anonymous)
+            if mirror is not None:
+                # A table keeps one row per customer: the check is the mirror's own count
+                # of the records it took (applied or stale), which must be exactly all.
+                counts = mirror.stats()
+                check = {
+                    **counts,
+                    "expected_records": expected,
+                    "ok": counts["counted"] == expected,
+                }
+                forwarded = Tally({"records": counts["counted"]})
+            else:
+                if hook is not None:
+                    forwarded = Tally(str(i) for i in hook.msg_ids())
+                else:
+                    forwarded = _ids_in_files([out])
+                check = check_outputs(envelopes, forwarded, alarmed, anonymous)
             check["exit_status"] = code
             check["bridge_log"] = bridge.log_events()
             if not finished:
@@ -523,6 +609,8 @@ def drain_bridge(
                 bridge.stop()
             if hook is not None:
                 hook.stop()
+            if mirror is not None:
+                mirror.stop()
 
 
 def drain_node_red(workdir: Path, envelopes: Sequence[Envelope]) -> Drain:

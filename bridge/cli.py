@@ -66,6 +66,20 @@ def _parser() -> argparse.ArgumentParser:
         which.add_argument("ids", type=int, nargs="*", default=[], help="dead letter ids")
         which.add_argument("--all", action="store_true", help="every dead letter")
 
+    mirror = commands.add_parser("mirror", help="look at a mirror sink's table without SQL")
+    views = mirror.add_subparsers(dest="action", required=True)
+    look = views.add_parser("show", help="one customer's row (personal data masked)")
+    look.add_argument("tenant")
+    look.add_argument("project")
+    look.add_argument("id")
+    look.add_argument(
+        "--reveal", action="store_true", help="show personal data in clear (it is printed!)"
+    )
+    counts = views.add_parser("stats", help="rows, tombstones and stale events skipped")
+    for view in (look, counts):
+        view.add_argument("-c", "--config", type=Path, required=True, help="YAML config file")
+        view.add_argument("--sink", help="the mirror sink's name (when there are several)")
+
     demo = commands.add_parser(
         "demo", help="run the bridge on the embedded broker and feed it sample traffic"
     )
@@ -93,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _validate(args.topic, args.file, args.strict, args.timezone)
         if args.command == "dead-letters":
             return _dead_letters(args)
+        if args.command == "mirror":
+            from bridge.sinks.mirror_cli import mirror_command  # noqa: PLC0415 - its own room
+
+            return mirror_command(config.load(args.config), args)
         from bridge.demo import run_demo  # noqa: PLC0415 - only the demo needs paho's test client
 
         return run_demo(

@@ -20,7 +20,7 @@ import structlog
 
 from bridge import alarms
 from bridge.config import DeliveryConfig
-from bridge.errors import BrokerError, Partial, PublishRefused, SinkError
+from bridge.errors import BrokerError, Partial, PublishRefused, Rejected, SinkError
 from bridge.events import DownstreamEvent
 from bridge.metrics import Metrics
 from bridge.sinks import Route, Sink
@@ -189,6 +189,12 @@ class Worker:
                 self._delivered(rows[: partial.taken])
                 rows = rows[partial.taken :]
                 raise partial.cause from None
+            except Rejected as rejected:
+                # The sink kept the rest of the batch: only the refused rows are dead letters.
+                refused = {rows[i].id for i in rejected.indexes if 0 <= i < len(rows)}
+                self._delivered([row for row in rows if row.id not in refused])
+                rows = [row for row in rows if row.id in refused]
+                raise rejected.cause from None
         except SinkError as exc:
             self._failed(rows, str(exc), permanent=exc.permanent)
         except PublishRefused as exc:

@@ -41,3 +41,16 @@ class SinkError(BridgeError):
     def __init__(self, message: str, *, permanent: bool = False) -> None:
         super().__init__(message)
         self.permanent = permanent
+
+
+class Rejected(BridgeError):
+    """A sink took every event of a batch but those at `indexes`, which it refuses for good.
+
+    Raised by sinks that apply a batch record by record (the mirror's savepoints), so that
+    only the refused records go to the dead letters and the rest count as delivered.
+    """
+
+    def __init__(self, indexes: list[int], cause: SinkError) -> None:
+        super().__init__(f"{len(indexes)} refused: {cause}")
+        self.indexes = indexes
+        self.cause = cause

@@ -15,6 +15,7 @@ from bridge.errors import ConfigError
 from bridge.sinks.base import Route, Sink, SinkConfigBase, SinkContext
 from bridge.sinks.jsonl import JsonlConfig
 from bridge.sinks.log import LogConfig
+from bridge.sinks.mirror import MirrorConfig
 from bridge.sinks.mobile_events import MobileEventsConfig
 from bridge.sinks.python import PythonConfig
 from bridge.sinks.quick_audience import QuickAudienceConfig
@@ -30,7 +31,8 @@ SinkConfig = Annotated[
     | WebhookConfig
     | QuickAudienceConfig
     | QuickAudienceOpenApiConfig
-    | MobileEventsConfig,
+    | MobileEventsConfig
+    | MirrorConfig,
     Field(discriminator="type"),
 ]
 

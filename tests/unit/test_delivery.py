@@ -39,7 +39,7 @@ from bridge.delivery import (
     give_up_alarms,
     sink_sender,
 )
-from bridge.errors import BrokerError, Partial, PublishRefused, SinkError
+from bridge.errors import BrokerError, Partial, PublishRefused, Rejected, SinkError
 from bridge.events import DownstreamEvent
 from bridge.records import Op
 from bridge.spool import ALARMS, NewRow, Row, Spool
@@ -318,6 +318,22 @@ def test_permanent_failure_dead_letters_rows_and_queues_alarms(
     assert alarm["topic"] == STANDARD_ERROR_TOPIC
     assert alarm["payload"]["events"]["add_error"]["code"] == CODE_SINK_GAVE_UP
     assert (w.dead, w.retries, w.delivered) == (2, 0, 0)
+
+
+def test_rejected_records_alone_go_to_the_dead_letters(spool: Spool) -> None:
+    """A sink that refuses some records of a batch: those are dead letters, the rest delivered."""
+    put(spool, event("A", 1), event("B", 1), event("C", 1))
+    gave_up = GaveUp()
+    send = FakeSender(Rejected([1], SinkError("check constraint", permanent=True)))
+    w = worker(spool, send, gave_up=gave_up)
+
+    assert w.step() is True
+
+    assert all_rows(spool) == []
+    letters = spool.dead_letters()
+    assert [label(DownstreamEvent.from_dict(json.loads(d.body))) for d in letters] == ["B:1"]
+    assert gave_up.calls == [(["B:1"], "check constraint")]
+    assert (w.dead, w.retries, w.delivered) == (1, 0, 2)
 
 
 def test_max_attempts_exhaustion_dead_letters(spool: Spool) -> None:
