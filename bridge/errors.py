@@ -36,8 +36,14 @@ class Partial(BridgeError):
 
 
 class SinkError(BridgeError):
-    """A sink could not take a batch. `permanent` says whether a retry can help."""
+    """A sink could not take a batch. `permanent` says whether a retry can help.
 
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
+    `retry_after` is the wait in seconds the downstream system asked for (`Retry-After`).
+    """
+
+    def __init__(
+        self, message: str, *, permanent: bool = False, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.retry_after = retry_after
