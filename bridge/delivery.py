@@ -159,7 +159,6 @@ class Worker:
         self._undeleted: list[int] = []
         self._waiting_retries = False  # a retry is scheduled: hasten it once the sink answers
         self._given_up_now: set[str] = set()  # customers dead-lettered in the batch in hand
-        self._refusals: dict[str, list[Row]] = {}  # refused alone, given up after the batch
         self.delivered = 0
         self.direct = 0
         self.retries = 0
@@ -213,12 +212,7 @@ class Worker:
         if self._linger > 0:
             rows = self._fill(rows)
         self._given_up_now = set()
-        self._refusals = {}
         self._settle(rows)
-        # Given up together: one transaction, and one alarm per message and reason.
-        for reason, refused in self._refusals.items():
-            self._give_up(refused, reason, permanent=True)
-        self._refusals = {}
         return True
 
     def _settle(self, rows: Sequence[Row]) -> bool:
@@ -256,10 +250,14 @@ class Worker:
         if refused is None or not refused.records:
             self._delivered(rows)
             return True
-        # The sink said record by record: deliver the rest, give up on those alone.
-        self._delivered([row for index, row in enumerate(rows) if index not in refused.records])
+        # The sink said record by record: give up on those alone, deliver the rest.
+        good = [row for index, row in enumerate(rows) if index not in refused.records]
+        by_reason: dict[str, list[Row]] = {}
         for index, reason in sorted(refused.records.items()):
-            self._refused([rows[index]], reason)
+            by_reason.setdefault(reason, []).append(rows[index])
+        for reason, given_up in by_reason.items():
+            self._refused(given_up, reason)
+        self._delivered(good)
         return True
 
     def _unheld(self, rows: Sequence[Row]) -> Sequence[Row]:
@@ -314,9 +312,9 @@ class Worker:
         return too_many or now - row.created >= self._config.max_age
 
     def _refused(self, rows: Sequence[Row], reason: str) -> None:
-        """Note rows the sink refused for good, to give up on once the batch is settled."""
-        self._refusals.setdefault(reason, []).extend(rows)
-        self._given_up_now.update(row.okey for row in rows)
+        """Give up on rows the sink refused for good, at once: a later event of the customer
+        delivered in the same batch then finds the dead letter it overtakes."""
+        self._give_up(rows, reason, permanent=True)
 
     def _give_up(self, rows: Sequence[Row], reason: str, *, permanent: bool) -> None:
         self._spool.give_up(rows, reason, self._gave_up(rows, reason), kind=self._kind)
