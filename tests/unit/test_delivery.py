@@ -43,6 +43,7 @@ from bridge.errors import BrokerError, Partial, PublishRefused, SinkError
 from bridge.events import DownstreamEvent
 from bridge.records import Op
 from bridge.sinks import Refused
+from bridge.sinks.python import PythonSink
 from bridge.spool import ALARMS, NewRow, Row, Spool
 from bridge.topics import TopicKind
 
@@ -954,3 +955,52 @@ def test_waiting_retries_fall_due_once_the_sink_takes_a_batch(spool: Spool) -> N
 
     assert send.batches == [["A:1", "B:1"], ["C:1"], ["A:1", "B:1"]]
     assert spool.pending == 0
+
+
+class RefusingHandler:
+    """An operator's handler that raises a permanent SinkError for any batch with customer X,
+    or, with `by_position`, returns `Refused` naming X's records."""
+
+    def __init__(self, *, by_position: bool = False) -> None:
+        self.by_position = by_position
+        self.taken: list[str] = []
+
+    def send(self, events: list[DownstreamEvent]) -> Refused | None:
+        bad = {i: "X refused" for i, e in enumerate(events) if e.customer_id == "X"}
+        if bad and not self.by_position:
+            raise SinkError("X refused", permanent=True)
+        self.taken.extend(label(e) for i, e in enumerate(events) if i not in bad)
+        return Refused(bad) if bad else None
+
+
+@pytest.mark.parametrize("by_position", [False, True])
+def test_a_python_handler_refusing_one_customer_dead_letters_it_alone(
+    spool: Spool, by_position: bool
+) -> None:
+    """A handler refusing customer X (by raising, or by position): X alone is a dead letter."""
+    handler = RefusingHandler(by_position=by_position)
+    sink = PythonSink("handler", handler)
+    put(spool, event("A", 1), event("X", 1), event("B", 1), event("X", 2), event("C", 1))
+
+    w = worker(spool, sink_sender(sink))
+    while w.step():
+        pass
+
+    assert handler.taken == ["A:1", "B:1", "C:1"]
+    assert [label(DownstreamEvent.from_dict(json.loads(d.body))) for d in spool.dead_letters()] == [
+        "X:1",
+        "X:2",
+    ]
+
+
+def test_a_python_handler_naming_positions_outside_the_batch_is_retried() -> None:
+    """`Refused` with a position the batch does not have is a transient error, not trusted."""
+
+    class Wrong:
+        def send(self, events: list[DownstreamEvent]) -> Refused:
+            return Refused({len(events): "?"})
+
+    with pytest.raises(SinkError) as caught:
+        PythonSink("handler", Wrong()).send([event("A", 1)])
+
+    assert caught.value.permanent is False
