@@ -222,6 +222,8 @@ class DeliveryConfig(_Model):
     max_age: float = Field(default=24 * 3600.0, gt=0)
     initial_backoff: float = Field(default=0.5, gt=0)
     max_backoff: float = Field(default=30.0, gt=0)
+    max_retry_after: float = Field(default=300.0, gt=0)
+    """The longest wait a sink's `Retry-After` may ask for; longer answers are cut to it."""
     alarm_on_give_up: bool = True
 
 

@@ -2,9 +2,12 @@
 
 Each worker takes the oldest rows its target may send now, hands them over, and
 deletes them once taken. A transient failure schedules a retry with capped
-exponential backoff and full jitter; the customer's later rows wait behind it
-while other customers keep flowing. A permanent failure, or a row past its
-attempts or age, goes to the dead letters and raises a code-502 alarm.
+exponential backoff and full jitter (or the sink's `Retry-After`); the customer's
+later rows wait behind it while other customers keep flowing, and once the sink
+takes a batch again every waiting retry falls due at once. A batch refused for good
+is split in halves, down to single records, so that only the records refused on
+their own go to the dead letters (with a code-502 alarm each); so does a row past
+its attempts or age.
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ import structlog
 
 from bridge import alarms
 from bridge.config import DeliveryConfig
-from bridge.errors import BrokerError, Partial, PublishRefused, Rejected, SinkError
+from bridge.errors import BrokerError, Partial, PublishRefused, SinkError
 from bridge.events import DownstreamEvent
 from bridge.metrics import Metrics
-from bridge.sinks import Route, Sink
+from bridge.sinks import Refused, Route, Sink
 from bridge.spool import ALARMS, NewRow, Row, Spool, SpoolError
 
 Publish = Callable[[str, bytes, int, bool], None]
@@ -41,6 +44,8 @@ class Target:
     route: Route
     batch_size: int = 100
     linger: float = 0.0
+    hold: bool = False
+    """Whether a customer's later events wait behind its dead letter at this sink."""
     lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     @property
@@ -51,6 +56,27 @@ class Target:
         linger, which asks for batches the intake would not make.
         """
         return bool(getattr(self.sink, "direct", False)) and self.linger == 0
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a hand-over failed, as the worker acts on it."""
+
+    reason: str
+    permanent: bool
+    retry_after: float | None = None
+
+    @classmethod
+    def of(cls, exc: BaseException) -> Failure:
+        """Judge an exception a sink (or the broker) raised."""
+        if isinstance(exc, SinkError):
+            return cls(str(exc), exc.permanent, exc.retry_after)
+        if isinstance(exc, PublishRefused):
+            return cls(str(exc), True)
+        if isinstance(exc, BrokerError):
+            return cls(str(exc), False)
+        # A sink's bug must not stop the stream: retried, never taken for a refusal.
+        return cls(f"{type(exc).__name__} in sink", False)
 
 
 def backoff(attempt: int, config: DeliveryConfig, rand: Callable[[], float]) -> float:
@@ -78,13 +104,13 @@ def event_row(target: str, event: DownstreamEvent) -> NewRow:
     return NewRow(target, ordering_key(event), encode_event(event))
 
 
-def hand_over(sink: Sink, events: Sequence[DownstreamEvent], bodies: Sequence[str]) -> None:
+def hand_over(
+    sink: Sink, events: Sequence[DownstreamEvent], bodies: Sequence[str]
+) -> Refused | None:
     """Give a batch to a sink: as encoded JSON to a sink that takes it, else as events."""
     send_json = getattr(sink, "send_json", None)
-    if callable(send_json):
-        send_json(bodies)
-    else:
-        sink.send(events)
+    answer = send_json(bodies) if callable(send_json) else sink.send(events)
+    return answer if isinstance(answer, Refused) else None
 
 
 def alarm_row(alarm: alarms.Alarm) -> NewRow:
@@ -101,7 +127,7 @@ class Worker:
     def __init__(
         self,
         name: str,
-        send: Callable[[Sequence[Row]], None],
+        send: Callable[[Sequence[Row]], Refused | None],
         spool: Spool,
         config: DeliveryConfig,
         stopping: threading.Event,
@@ -114,6 +140,7 @@ class Worker:
         metrics: Metrics | None = None,
         beat: Callable[[], None] = lambda: None,
         linger: float = 0.0,
+        hold: bool = False,
     ) -> None:
         self.name = name
         self._send = send
@@ -128,7 +155,10 @@ class Worker:
         self._metrics = metrics
         self._beat = beat
         self._linger = linger
+        self._hold = hold
         self._undeleted: list[int] = []
+        self._waiting_retries = False  # a retry is scheduled: hasten it once the sink answers
+        self._given_up_now: set[str] = set()  # customers dead-lettered in the batch in hand
         self.delivered = 0
         self.direct = 0
         self.retries = 0
@@ -176,36 +206,66 @@ class Worker:
             # anything, or the same batch would go out again every second.
             self._spool.done(self._undeleted)
             self._undeleted = []
-        rows = self._spool.due(self.name, self._batch_size)
+        rows = self._spool.due(self.name, self._batch_size, hold=self._hold)
         if not rows:
             return False
         if self._linger > 0:
             rows = self._fill(rows)
-        try:
-            try:
-                self._send(rows)
-            except Partial as partial:
-                # The first rows went out: record them, so a retry does not send them twice.
-                self._delivered(rows[: partial.taken])
-                rows = rows[partial.taken :]
-                raise partial.cause from None
-            except Rejected as rejected:
-                # The sink kept the rest of the batch: only the refused rows are dead letters.
-                refused = {rows[i].id for i in rejected.indexes if 0 <= i < len(rows)}
-                self._delivered([row for row in rows if row.id not in refused])
-                rows = [row for row in rows if row.id in refused]
-                raise rejected.cause from None
-        except SinkError as exc:
-            self._failed(rows, str(exc), permanent=exc.permanent)
-        except PublishRefused as exc:
-            self._failed(rows, str(exc), permanent=True)
-        except BrokerError as exc:
-            self._failed(rows, str(exc), permanent=False)
-        except Exception as exc:  # noqa: BLE001 - a sink's bug must not stop the stream
-            self._failed(rows, f"{type(exc).__name__} in sink", permanent=False)
-        else:
-            self._delivered(rows)
+        self._given_up_now = set()
+        self._settle(rows)
         return True
+
+    def _settle(self, rows: Sequence[Row]) -> bool:
+        """Send `rows`, splitting a batch refused for good until each refusal stands alone.
+
+        False once a transient failure scheduled a retry: the rest is left untried as it
+        was, so that no customer's later record overtakes the one that waits.
+        """
+        if not rows:
+            return True
+        try:
+            refused = self._send(rows)
+        except Partial as partial:
+            # The first rows went out: record them, so a retry does not send them twice.
+            self._delivered(rows[: partial.taken])
+            rest = rows[partial.taken :]
+            failure = Failure.of(partial.cause)
+            if not failure.permanent:
+                self._failed(rest, failure)
+                return False
+            # A sink that hands records over one by one names the one refused: it alone.
+            self._refused(rest[:1], failure.reason)
+            return self._settle(self._unheld(rest[1:]))
+        except Exception as exc:  # noqa: BLE001 - judged by Failure.of, never lost
+            failure = Failure.of(exc)
+            if not failure.permanent:
+                self._failed(rows, failure)
+                return False
+            if len(rows) == 1:
+                self._refused(rows, failure.reason)
+                return True
+            middle = len(rows) // 2
+            self._log.info("batch_split", reason=failure.reason, records=len(rows))
+            return self._settle(rows[:middle]) and self._settle(self._unheld(rows[middle:]))
+        if refused is None or not refused.records:
+            self._delivered(rows)
+            return True
+        # The sink said record by record: give up on those alone, deliver the rest.
+        good = [row for index, row in enumerate(rows) if index not in refused.records]
+        by_reason: dict[str, list[Row]] = {}
+        for index, reason in sorted(refused.records.items()):
+            by_reason.setdefault(reason, []).append(rows[index])
+        for reason, given_up in by_reason.items():
+            self._refused(given_up, reason)
+        self._delivered(good)
+        return True
+
+    def _unheld(self, rows: Sequence[Row]) -> Sequence[Row]:
+        # With holding, a customer just dead-lettered sends nothing more of this batch: its
+        # later rows stay in the outbox, held by the dead letter (see Spool.due).
+        if not self._hold or not self._given_up_now:
+            return rows
+        return [row for row in rows if row.okey not in self._given_up_now]
 
     def _delivered(self, rows: Sequence[Row]) -> None:
         if not rows:
@@ -219,6 +279,12 @@ class Worker:
         if self._metrics is not None:
             self._metrics.forwarded.labels(sink=self.name).inc(len(rows))
         self._log.debug("delivered", records=len(rows), attempt=rows[0].attempts + 1)
+        if self._waiting_retries:
+            # The sink answers again: what waits for a retry goes now, not when its timer ends.
+            self._waiting_retries = False
+            hastened = self._spool.hasten(self.name)
+            if hastened:
+                self._log.info("retries_hastened", records=hastened)
 
     def taken_directly(self, records: int) -> None:
         """Count records the intake handed to this worker's sink itself."""
@@ -245,58 +311,75 @@ class Worker:
         too_many = limit is not None and row.attempts + 1 >= limit
         return too_many or now - row.created >= self._config.max_age
 
-    def _failed(self, rows: Sequence[Row], reason: str, *, permanent: bool) -> None:
+    def _refused(self, rows: Sequence[Row], reason: str) -> None:
+        """Give up on rows the sink refused for good, at once: a later event of the customer
+        delivered in the same batch then finds the dead letter it overtakes."""
+        self._give_up(rows, reason, permanent=True)
+
+    def _give_up(self, rows: Sequence[Row], reason: str, *, permanent: bool) -> None:
+        self._spool.give_up(rows, reason, self._gave_up(rows, reason), kind=self._kind)
+        self._given_up_now.update(row.okey for row in rows)
+        self.dead += len(rows)
+        if self._metrics is not None:
+            self._metrics.dead_letters.labels(sink=self.name).inc(len(rows))
+        self._log.error(
+            "sink_gave_up",
+            reason=reason,
+            permanent=permanent,
+            attempts=max(r.attempts for r in rows) + 1,
+            records=len(rows),
+        )
+
+    def _failed(self, rows: Sequence[Row], failure: Failure) -> None:
+        """Schedule a retry of rows after a transient failure; give up on the exhausted."""
         now = time.time()
         # Judged row by row: a fresh record batched with an old one keeps its own tries.
-        doomed = list(rows) if permanent else [r for r in rows if self._exhausted(r, now)]
+        doomed = [r for r in rows if self._exhausted(r, now)]
         if doomed:
-            self._spool.give_up(doomed, reason, self._gave_up(doomed, reason), kind=self._kind)
-            self.dead += len(doomed)
-            if self._metrics is not None:
-                self._metrics.dead_letters.labels(sink=self.name).inc(len(doomed))
-            self._log.error(
-                "sink_gave_up",
-                reason=reason,
-                permanent=permanent,
-                attempts=max(r.attempts for r in doomed) + 1,
-                records=len(doomed),
-            )
+            self._give_up(doomed, failure.reason, permanent=False)
         retrying = [r for r in rows if r not in doomed]
         if not retrying:
             return
         attempts = max(row.attempts for row in retrying) + 1
-        delay = backoff(attempts, self._config, self._rand)
-        self._spool.retry([row.id for row in retrying], now + delay, reason)
+        if failure.retry_after is not None:
+            delay = min(failure.retry_after, self._config.max_retry_after)
+        else:
+            delay = backoff(attempts, self._config, self._rand)
+        self._spool.retry([row.id for row in retrying], now + delay, failure.reason)
+        self._waiting_retries = True
         self.retries += 1
         if self._metrics is not None:
             self._metrics.retries.labels(sink=self.name).inc()
         self._log.warning(
             "sink_failed",
-            reason=reason,
+            reason=failure.reason,
             attempt=attempts,
             retry_in=round(delay, 3),
+            retry_after=failure.retry_after,
             records=len(retrying),
         )
 
 
-def sink_sender(sink: Sink, lock: threading.Lock | None = None) -> Callable[[Sequence[Row]], None]:
+def sink_sender(
+    sink: Sink, lock: threading.Lock | None = None
+) -> Callable[[Sequence[Row]], Refused | None]:
     """Hand rows to a sink: as their stored JSON to a sink that takes it, else as events."""
     takes_json = callable(getattr(sink, "send_json", None))
     guard = lock or threading.Lock()
 
-    def send(rows: Sequence[Row]) -> None:
+    def send(rows: Sequence[Row]) -> Refused | None:
         # Rows are decoded into events only for a sink that wants events.
         events = [] if takes_json else [DownstreamEvent.from_dict(row.decoded()) for row in rows]
         with guard:
-            hand_over(sink, events, [row.body for row in rows])
+            return hand_over(sink, events, [row.body for row in rows])
 
     return send
 
 
-def alarm_sender(publish: Publish) -> Callable[[Sequence[Row]], None]:
+def alarm_sender(publish: Publish) -> Callable[[Sequence[Row]], Refused | None]:
     """Publish alarm rows, QoS 1, not retained, waiting for each acknowledgement."""
 
-    def send(rows: Sequence[Row]) -> None:
+    def send(rows: Sequence[Row]) -> Refused | None:
         for index, row in enumerate(rows):
             alarm = row.decoded()
             payload = json.dumps(alarm["payload"], ensure_ascii=False, separators=(",", ":"))
@@ -304,6 +387,7 @@ def alarm_sender(publish: Publish) -> Callable[[Sequence[Row]], None]:
                 publish(alarm["topic"], payload.encode(), 1, False)
             except BrokerError as exc:
                 raise Partial(index, exc) from None
+        return None
 
     return send
 

@@ -36,21 +36,14 @@ class Partial(BridgeError):
 
 
 class SinkError(BridgeError):
-    """A sink could not take a batch. `permanent` says whether a retry can help."""
+    """A sink could not take a batch. `permanent` says whether a retry can help.
 
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
-        super().__init__(message)
-        self.permanent = permanent
-
-
-class Rejected(BridgeError):
-    """A sink took every event of a batch but those at `indexes`, which it refuses for good.
-
-    Raised by sinks that apply a batch record by record (the mirror's savepoints), so that
-    only the refused records go to the dead letters and the rest count as delivered.
+    `retry_after` is the wait in seconds the downstream system asked for (`Retry-After`).
     """
 
-    def __init__(self, indexes: list[int], cause: SinkError) -> None:
-        super().__init__(f"{len(indexes)} refused: {cause}")
-        self.indexes = indexes
-        self.cause = cause
+    def __init__(
+        self, message: str, *, permanent: bool = False, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.retry_after = retry_after

@@ -24,6 +24,8 @@ class Disposition(StrEnum):
     ERROR_TOPIC = "ignored_error_topic"
     UNRECOGNISED = "ignored_unrecognised"
     NOT_SELECTED = "ignored_not_selected"
+    FAILED = "failed_in_bridge"
+    """The bridge's own bug: the message is kept raw in the dead letters."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,7 @@ DRAIN_TIMEOUT = 30.0
 PRUNE_EVERY = 60.0
 READY_GRACE = 60.0
 ALARM_BATCH = 50
+FAILED_REASON = "the bridge failed on this message (a bug); see the pipeline_failed log line"
 
 
 @dataclass
@@ -69,6 +70,8 @@ class Stats:
     ignored: Counter[str] = field(default_factory=Counter)
     unacked: int = 0
     left_for_redelivery: int = 0
+    failed: int = 0
+    """Messages the bridge failed on by its own bug (kept raw in the dead letters)."""
 
 
 def status_of_row(row: NewRow) -> str:
@@ -293,6 +296,7 @@ class Bridge:
             "ignored": dict(self.stats.ignored),
             "unacked": self.stats.unacked,
             "left_for_redelivery": self.stats.left_for_redelivery,
+            "failed": self.stats.failed,
             "delivered": {w.name: w.delivered + w.direct for w in self.workers},
         }
 
@@ -302,7 +306,7 @@ class Bridge:
         context = SinkContext(publish=self.mqtt.publish, logger=self.log)
         sinks = build_sinks(config.sinks, context)
         return [
-            Target(sink, entry.route, entry.batch_size, entry.linger)
+            Target(sink, entry.route, entry.batch_size, entry.linger, entry.after_give_up == "hold")
             for sink, entry in zip(sinks, config.sinks, strict=True)
         ]
 
@@ -320,6 +324,7 @@ class Bridge:
             metrics=self.metrics,
             beat=self._beat_for(target.sink.name),
             linger=target.linger,
+            hold=target.hold,
         )
 
     def _beat_for(self, worker: str) -> Callable[[], None]:
@@ -486,12 +491,19 @@ class Bridge:
         raws: list[tuple[str, bytes, str]] = []
         # A caught-up local sink takes the batch's events here, before the commit (so a crash
         # in between can only repeat them); the others, and what it refuses, go to the spool.
+        # Not while the sink has dead letters: what overtakes them (or is held behind them)
+        # is known only to rows that pass through the outbox.
         direct: dict[str, tuple[Target, list[tuple[DownstreamEvent, str]]]] = {
             t.sink.name: (t, [])
             for t in self.targets
-            if t.direct and not self.spool.has_pending(t.sink.name)
+            if t.direct
+            and not self.spool.has_pending(t.sink.name)
+            and not self.spool.has_dead(t.sink.name)
         }
         for index, plan in enumerate(plans):
+            if plan.outcome.disposition is Disposition.FAILED:
+                # Our own bug: keep the message raw for a fixed version, rather than drop it.
+                raws.append((plan.outcome.topic, plan.message.payload, FAILED_REASON))
             if plan.key is None:
                 continue
             if plan.key in known:
@@ -531,24 +543,31 @@ class Bridge:
         """Hand events to a caught-up local sink; return the rows of what it did not take."""
         name = target.sink.name
         taken = 0
+        refused: set[int] = set()
         try:
             with target.lock:
                 try:
-                    hand_over(target.sink, [e for e, _ in items], [b for _, b in items])
+                    answer = hand_over(target.sink, [e for e, _ in items], [b for _, b in items])
                 except Partial as partial:
                     taken = partial.taken
                     raise partial.cause from None
+            # What it refused goes through the outbox, whose worker gives up on it.
+            refused = set(answer.records) if answer is not None else set()
             taken = len(items)
         except Exception as exc:  # noqa: BLE001 - whatever it was, the worker retries it
             reason = str(exc) if isinstance(exc, SinkError) else f"{type(exc).__name__} in sink"
             self.log.warning(
                 "sink_failed", sink=name, reason=reason, records=len(items) - taken, direct=True
             )
-        if taken:
+        if taken - len(refused) > 0:
             worker = next((w for w in self.workers if w.name == name), None)
             if worker is not None:
-                worker.taken_directly(taken)
-        return [NewRow(name, ordering_key(event), body) for event, body in items[taken:]]
+                worker.taken_directly(taken - len(refused))
+        return [
+            NewRow(name, ordering_key(event), body)
+            for index, (event, body) in enumerate(items)
+            if index >= taken or index in refused
+        ]
 
     def _store(
         self, rows: list[NewRow], keys: list[str], raws: list[tuple[str, bytes, str]]
@@ -587,6 +606,9 @@ class Bridge:
         received.inc()
         log = self.log
         topic, msg_id = outcome.topic, outcome.msg_id
+        if outcome.disposition is Disposition.FAILED:
+            self.stats.failed += 1
+            return  # logged at error, and kept in the dead letters, by the intake
         if outcome.disposition is not Disposition.PROCESSED:
             self.stats.ignored[outcome.disposition] += 1
             log.debug(
@@ -627,9 +649,20 @@ class Bridge:
             return Outcome("", Disposition.UNRECOGNISED)
         try:
             return self.pipeline.process(message.topic, message.payload)
-        except Exception:  # a bug in validation must not become a crash loop
-            self.log.exception("pipeline_failed", topic=message.topic)
-            return Outcome(message.topic, Disposition.UNRECOGNISED)
+        except Exception as exc:  # noqa: BLE001 - a bug in validation must not crash-loop
+            # The traceback's text may quote the payload (personal data): its type and place.
+            frame = exc.__traceback__
+            while frame is not None and frame.tb_next is not None:
+                frame = frame.tb_next
+            where = f"{frame.tb_frame.f_code.co_filename}:{frame.tb_lineno}" if frame else "?"
+            self.log.error(
+                "pipeline_failed",
+                topic=message.topic,
+                error=type(exc).__name__,
+                where=where,
+                kept="dead letters",
+            )
+            return Outcome(message.topic, Disposition.FAILED)
 
     def _prune(self) -> None:
         now = time.monotonic()

@@ -65,6 +65,22 @@ CREATE TABLE IF NOT EXISTS dead (
 """
 
 
+def _migrate_order(db: sqlite3.Connection) -> None:
+    """Give the dead letters their place in arrival order and an overtaken mark.
+
+    `seq` is the outbox id the record had (ids only grow, so it is the arrival order and
+    the place a replay puts it back in); `overtaken_at` is when a later event of the same
+    customer reached the same sink. Spools written before these columns keep working: their
+    dead letters simply have neither.
+    """
+    columns = {str(row[1]) for row in db.execute("PRAGMA table_info(dead)")}
+    if "seq" not in columns:
+        db.execute("ALTER TABLE dead ADD COLUMN seq INTEGER")
+    if "overtaken_at" not in columns:
+        db.execute("ALTER TABLE dead ADD COLUMN overtaken_at REAL")
+    db.execute("CREATE INDEX IF NOT EXISTS dead_by_customer ON dead (target, okey)")
+
+
 class SpoolError(BridgeError):
     """The spool could not be opened or written (unwritable directory, disk full)."""
 
@@ -108,6 +124,21 @@ class DeadLetter:
     msg_id: str | None
     attempts: int
     created: float
+    okey: str = ""
+    """The customer key (tenant, project, id) of an event; empty for alarms and payloads."""
+    seq: int | None = None
+    """The record's place in arrival order (its outbox id), None in spools older than it."""
+    overtaken_at: float | None = None
+    """When a later event of the same customer reached the same sink, if one has."""
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """What a replay did: letters put back, and those a later event had overtaken."""
+
+    replayed: int
+    overtaken: list[int]
+    dropped: int
 
 
 class Spool:
@@ -142,6 +173,7 @@ class Spool:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.executescript(_SCHEMA)
+            _migrate_order(self._db)
             self._pending = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
             # Prove now that we can write, rather than at the first message.
             self._db.execute("BEGIN IMMEDIATE")
@@ -247,19 +279,28 @@ class Spool:
 
     # delivery
 
-    def due(self, target: str, limit: int, now: float | None = None, scan: int = 5000) -> list[Row]:
+    def due(
+        self,
+        target: str,
+        limit: int,
+        now: float | None = None,
+        scan: int = 5000,
+        *,
+        hold: bool = False,
+    ) -> list[Row]:
         """Up to `limit` rows of `target` that may be sent now, oldest first.
 
         A row waits while an earlier row with the same ordering key is waiting (for
         its retry time, or outside this batch), so one customer's events never
-        overtake each other; other customers' rows go on.
+        overtake each other; other customers' rows go on. With `hold`, a customer
+        with a dead letter at `target` waits too, until it is replayed or purged.
         """
         at = now or time.time()
-        blocked: set[str] = set()
         chosen: list[int] = []
         after, scanned = 0, 0
         chunk = max(2 * limit, 64)
         with self._lock:
+            blocked = self._held_keys(target) if hold else set()
             # Scan keys and retry times only, in chunks, until the batch is full; the
             # bodies are read for the chosen rows alone.
             while len(chosen) < limit and scanned < scan:
@@ -307,11 +348,13 @@ class Spool:
         return None if row is None or row[0] is None else float(row[0])
 
     def done(self, ids: Sequence[int]) -> None:
-        """Delete delivered rows."""
-        self._write(
-            lambda db: db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids]),
-            -len(ids),
-        )
+        """Delete delivered rows (marking the dead letters they overtook)."""
+
+        def delete(db: sqlite3.Connection) -> None:
+            _mark_overtaken(db, ids, time.time())
+            db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+
+        self._write(delete, -len(ids))
 
     def retry(self, ids: Sequence[int], next_at: float, error: str) -> None:
         """Count a failed attempt and set when to try again."""
@@ -332,8 +375,9 @@ class Spool:
 
         def move(db: sqlite3.Connection) -> None:
             db.executemany(
-                "INSERT INTO dead (target, kind, okey, body, reason, msg_id, attempts, created)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO dead"
+                " (target, kind, okey, body, reason, msg_id, attempts, created, seq)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         r.target,
@@ -344,6 +388,7 @@ class Spool:
                         _msg_id(r),
                         r.attempts + 1,
                         now,
+                        r.id,
                     )
                     for r in rows
                 ],
@@ -364,12 +409,15 @@ class Spool:
         """Dead letters, oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, target, kind, body, reason, topic, msg_id, attempts, created"
-                " FROM dead WHERE id > ? ORDER BY id LIMIT ?",
+                "SELECT id, target, kind, body, reason, topic, msg_id, attempts, created,"
+                " okey, seq, overtaken_at FROM dead WHERE id > ? ORDER BY id LIMIT ?",
                 (after, limit),
             ).fetchall()
         return [
-            DeadLetter(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6], r[7], r[8]) for r in rows
+            DeadLetter(
+                r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11]
+            )
+            for r in rows
         ]
 
     def dead_letter(self, letter_id: int) -> DeadLetter | None:
@@ -379,30 +427,91 @@ class Spool:
 
     def replay(self, ids: Sequence[int] | None) -> int:
         """Put dead letters (all when `ids` is None) back in the outbox; payloads stay."""
+        return self.replay_in_order(ids).replayed
+
+    def replay_in_order(
+        self, ids: Sequence[int] | None, *, skip_overtaken: bool = False
+    ) -> Replayed:
+        """Put dead letters back in the outbox, each at its place in arrival order.
+
+        A letter goes back under its old outbox id, so it is sent before the later events
+        of its customer that wait (held) behind it. Letters that a later event of the same
+        customer already overtook at their sink are reported, and with `skip_overtaken`
+        deleted instead of replayed.
+        """
         selector = "" if ids is None else f" AND id IN ({','.join('?' * len(ids))})"
         params: list[int] = [] if ids is None else list(ids)
-        moved = 0
+        result = Replayed(0, [], 0)
 
         def move(db: sqlite3.Connection) -> None:
-            nonlocal moved
+            nonlocal result
             rows = db.execute(
                 # only '?' placeholders are joined in
-                "SELECT id, target, okey, body FROM dead WHERE kind != 'payload'"  # noqa: S608
-                + selector,
+                "SELECT id, target, okey, body, seq, overtaken_at FROM dead"  # noqa: S608
+                " WHERE kind != 'payload'" + selector + " ORDER BY COALESCE(seq, 0), id",
                 params,
             ).fetchall()
-            db.executemany(
-                "INSERT INTO outbox (target, okey, body, created) VALUES (?, ?, ?, ?)",
-                [(t, k, bytes(b).decode(), time.time()) for _, t, k, b in rows],
-            )
+            overtaken = [int(r[0]) for r in rows if r[5] is not None]
+            if skip_overtaken:
+                rows = [r for r in rows if r[5] is None]
+            at = time.time()
+            for _, target, okey, body, seq, _ in rows:
+                text = bytes(body).decode()
+                placed = 0
+                if seq is not None:
+                    placed = db.execute(
+                        "INSERT OR IGNORE INTO outbox (id, target, okey, body, created)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (seq, target, okey, text, at),
+                    ).rowcount
+                if not placed:  # an old letter without a place, or its place is taken
+                    db.execute(
+                        "INSERT INTO outbox (target, okey, body, created) VALUES (?, ?, ?, ?)",
+                        (target, okey, text, at),
+                    )
             db.executemany("DELETE FROM dead WHERE id = ?", [(r[0],) for r in rows])
-            moved = len(rows)
+            dropped = []
+            if skip_overtaken:
+                dropped = [(i,) for i in overtaken]
+                db.executemany("DELETE FROM dead WHERE id = ?", dropped)
+            result = Replayed(len(rows), overtaken, len(dropped))
 
         self._write(move, 0)
         with self._lock:
-            self._pending += moved
+            self._pending += result.replayed
         self._notify(None)
-        return moved
+        return result
+
+    def has_dead(self, target: str) -> bool:
+        """Whether `target` has dead letters of events."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM dead WHERE target = ? AND kind = 'event' LIMIT 1", (target,)
+            ).fetchone()
+        return row is not None
+
+    def hasten(self, target: str, now: float | None = None) -> int:
+        """Make every row of `target` waiting for a retry due now (its sink answers again)."""
+        at = now or time.time()
+        changed = 0
+
+        def hurry(db: sqlite3.Connection) -> None:
+            nonlocal changed
+            changed = db.execute(
+                "UPDATE outbox SET next_at = 0 WHERE target = ? AND next_at > ?", (target, at)
+            ).rowcount
+
+        self._write(hurry, 0)
+        if changed:
+            self._notify({target})
+        return changed
+
+    def _held_keys(self, target: str) -> set[str]:
+        # Called with the lock held: the customers of `target` that wait behind a dead letter.
+        rows = self._db.execute(
+            "SELECT DISTINCT okey FROM dead WHERE target = ? AND kind = 'event'", (target,)
+        )
+        return {str(okey) for (okey,) in rows}
 
     def purge(self, ids: Sequence[int] | None) -> int:
         """Delete dead letters (all when `ids` is None)."""
@@ -492,6 +601,21 @@ class Spool:
     def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error):  # no transaction was open
             self._db.execute("ROLLBACK")
+
+
+def _mark_overtaken(db: sqlite3.Connection, ids: Sequence[int], at: float) -> None:
+    """Mark the dead letters that the delivered rows `ids` overtake: same sink, same customer,
+    later in arrival order. Found through the index on (target, okey): cheap when none."""
+    for start in range(0, len(ids), 500):
+        chunk = list(ids[start : start + 500])
+        marks = ",".join("?" * len(chunk))  # only '?' placeholders are joined in
+        db.execute(
+            "UPDATE dead SET overtaken_at = ? WHERE id IN (SELECT d.id FROM outbox o"  # noqa: S608
+            " JOIN dead d ON d.target = o.target AND d.okey = o.okey"
+            f" WHERE o.id IN ({marks}) AND d.kind = 'event' AND d.seq < o.id"
+            " AND d.overtaken_at IS NULL)",
+            [at, *chunk],
+        )
 
 
 def _msg_id(row: Row) -> str | None:

@@ -12,7 +12,7 @@ from typing import Annotated
 from pydantic import Field
 
 from bridge.errors import ConfigError
-from bridge.sinks.base import Route, Sink, SinkConfigBase, SinkContext
+from bridge.sinks.base import Refused, Route, Sink, SinkConfigBase, SinkContext
 from bridge.sinks.jsonl import JsonlConfig
 from bridge.sinks.log import LogConfig
 from bridge.sinks.mirror import MirrorConfig
@@ -37,6 +37,7 @@ SinkConfig = Annotated[
 ]
 
 __all__ = [
+    "Refused",
     "Route",
     "Sink",
     "SinkConfig",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import email.utils
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,12 +17,25 @@ from bridge.records import Op
 from bridge.topics import TopicKind
 
 
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """What `send` returns when the downstream system answered record by record.
+
+    `records` maps the position of each record it refused for good to the reason; it
+    took every other record of the batch.
+    """
+
+    records: Mapping[int, str]
+
+
 @runtime_checkable
 class Sink(Protocol):
-    """A downstream system. `send` takes a batch whole or raises `SinkError`.
+    """A downstream system. `send` takes a batch whole, returns `Refused`, or raises.
 
-    A `SinkError(permanent=True)` means a retry cannot help (the delivery layer
-    gives up at once); any other exception is treated as transient.
+    A `SinkError(permanent=True)` means a retry cannot help: the delivery layer splits
+    the batch to find the records refused on their own, and gives up on those alone. Any
+    other exception is treated as transient. A sink whose API reports per record returns
+    `Refused` instead of raising.
 
     A sink class may set `direct = True` when a hand-over is local and quick (a file,
     the log): while none of its rows wait in the spool, the intake then gives it each
@@ -28,7 +44,7 @@ class Sink(Protocol):
 
     name: str
 
-    def send(self, events: Sequence[DownstreamEvent]) -> None:
+    def send(self, events: Sequence[DownstreamEvent]) -> Refused | None:
         """Hand a batch of events to the downstream system."""
 
     def close(self) -> None:
@@ -79,3 +95,28 @@ class SinkConfigBase(BaseModel):
     batch_size: int = Field(default=100, ge=1, le=10_000)
     linger: float = Field(default=0.0, ge=0, le=60)
     """Seconds the delivery layer may wait for a batch to fill before sending it."""
+    after_give_up: Literal["flow", "hold"] = "flow"
+    """What becomes of a customer's later events once one of theirs is a dead letter here:
+    `flow` sends them on; `hold` keeps them waiting until it is replayed or purged."""
+
+
+MAX_RETRY_AFTER = 24 * 3600.0
+"""A `Retry-After` beyond a day is taken as a day; the delivery config caps it further."""
+
+
+def retry_after_of(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """The seconds a `Retry-After` header asks for (delay or HTTP date), or None."""
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return min(float(text), MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None  # RFC 9110 dates are GMT; one without a zone is not one of them
+    seconds = when.timestamp() - (time.time() if now is None else now)
+    return None if math.isnan(seconds) else min(max(0.0, seconds), MAX_RETRY_AFTER)

@@ -20,11 +20,11 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import ConfigDict, Field, field_serializer, field_validator, model_validator
 
-from bridge.errors import ConfigError, Rejected, SinkError
+from bridge.errors import ConfigError, SinkError
 from bridge.events import DownstreamEvent
 from bridge.records import Op
 from bridge.secrets import ENV_REF, check_references, interpolate, read_secret_file
-from bridge.sinks.base import SinkConfigBase, SinkContext
+from bridge.sinks.base import Refused, SinkConfigBase, SinkContext
 from bridge.sinks.mirror_sql import (
     DATA_COLUMNS,
     IDENTIFIER,
@@ -289,10 +289,10 @@ class MirrorSink:
             return SinkError(f"mirror {self._table}: {known.reason}")
         return exc
 
-    def send(self, events: Sequence[DownstreamEvent]) -> None:
-        """Apply the batch; raise Rejected naming the records the database refused."""
+    def send(self, events: Sequence[DownstreamEvent]) -> Refused | None:
+        """Apply the batch; return `Refused` naming the records the database refused."""
         if not events:
-            return
+            return None
         try:
             store = self.connect()
         except SchemaTooNew as exc:
@@ -308,11 +308,9 @@ class MirrorSink:
             self.close()  # a broken connection is opened afresh by the next batch
             raise self._failure(store.dialect, exc) from None
         self._purge(store)
-        if refused:
-            raise Rejected(
-                sorted(refused),
-                SinkError(f"mirror {self._table}: {refused[min(refused)]}", permanent=True),
-            )
+        if not refused:
+            return None
+        return Refused({index: f"mirror {self._table}: {why}" for index, why in refused.items()})
 
     def _apply_fast(self, store: Store, events: Sequence[DownstreamEvent]) -> dict[int, str]:
         # The whole batch in one transaction and one multi-row upsert; a record the database

@@ -21,7 +21,7 @@ from bridge import __version__
 from bridge.errors import SinkError
 from bridge.events import DownstreamEvent
 from bridge.records import Op
-from bridge.sinks.base import SinkConfigBase, SinkContext
+from bridge.sinks.base import SinkConfigBase, SinkContext, retry_after_of
 from bridge.sinks.mapping import (
     MappingSettings,
     RecordMapping,
@@ -195,15 +195,27 @@ class MobileEventsSink:
             response = self._client.post(self._url, content=body)
         except httpx.TransportError as exc:
             raise SinkError(f"mobile_events {self._host} failed: {type(exc).__name__}") from None
-        self._verdict(response.status_code, answer_of(response), len(events))
+        self._verdict(
+            response.status_code,
+            answer_of(response),
+            len(events),
+            retry_after=retry_after_of(response.headers),
+        )
 
-    def _verdict(self, status: int, answer: Mapping[str, Any] | None, records: int) -> None:
+    def _verdict(
+        self,
+        status: int,
+        answer: Mapping[str, Any] | None,
+        records: int,
+        *,
+        retry_after: float | None = None,
+    ) -> None:
         where = f"mobile_events {self._host}"
         state = str(answer.get("status", "")).lower() if answer is not None else ""
         if 200 <= status < 300 and state in TAKEN:
             return
         if status in TRANSIENT_STATUSES or 500 <= status < 600:
-            raise SinkError(f"{where} answered {status}")
+            raise SinkError(f"{where} answered {status}", retry_after=retry_after)
         code = safe_code(None if answer is None else answer.get("code"))
         if answer is not None:
             self._log.warning(

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from bridge.errors import ConfigError, Partial, SinkError
 from bridge.events import DownstreamEvent
-from bridge.sinks.base import SinkConfigBase, SinkContext
+from bridge.sinks.base import Refused, SinkConfigBase, SinkContext
 
 _IMPORT_PATH = r"[A-Za-z_][\w.]*:[A-Za-z_]\w*"
 
@@ -20,8 +20,9 @@ class PythonConfig(SinkConfigBase):
 
     The class needs `send(events)`, taking a list of `DownstreamEvent` (each has
     `to_dict()`); `close()` is optional. Raise `bridge.errors.SinkError` with
-    `permanent=True` for a batch that can never be taken; any other exception
-    is retried.
+    `permanent=True` for a batch that can never be taken (the bridge then splits it to
+    find the records refused on their own), or return `bridge.sinks.Refused` naming them
+    by position; any other exception is retried.
     """
 
     type: Literal["python"]
@@ -56,14 +57,21 @@ class PythonSink:
         self.name = name
         self._handler = handler
 
-    def send(self, events: Sequence[DownstreamEvent]) -> None:
-        """Pass the batch to the handler."""
+    def send(self, events: Sequence[DownstreamEvent]) -> Refused | None:
+        """Pass the batch to the handler; what it refused by position, if it says."""
         try:
-            self._handler.send(list(events))
+            answer = self._handler.send(list(events))
         except (SinkError, Partial):
             raise
         except Exception as exc:  # noqa: BLE001 - the operator's code may raise anything
             raise SinkError(f"handler raised {type(exc).__name__}") from None
+        if not isinstance(answer, Refused):
+            return None  # a handler that returns anything else took the batch whole
+        wrong = [i for i in answer.records if not (isinstance(i, int) and 0 <= i < len(events))]
+        if wrong:
+            # Trusting a wrong position would drop or deliver the wrong record: retry instead.
+            raise SinkError(f"handler refused positions outside the batch: {wrong[:5]}")
+        return answer
 
     def close(self) -> None:
         """Call the handler's close() if it has one."""

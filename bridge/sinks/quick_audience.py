@@ -22,7 +22,7 @@ from bridge import __version__
 from bridge.errors import SinkError
 from bridge.events import DownstreamEvent
 from bridge.records import Op
-from bridge.sinks.base import SinkConfigBase, SinkContext
+from bridge.sinks.base import SinkConfigBase, SinkContext, retry_after_of
 from bridge.sinks.mapping import (
     IdentitySettings,
     MappingSettings,
@@ -225,12 +225,24 @@ class QuickAudienceSink:
         except httpx.TransportError as exc:
             # The exception's text may quote the URL, whose query holds the access key.
             raise SinkError(f"quick_audience {self._host} failed: {type(exc).__name__}") from None
-        self._verdict(response.status_code, answer_of(response), len(events))
+        self._verdict(
+            response.status_code,
+            answer_of(response),
+            len(events),
+            retry_after=retry_after_of(response.headers),
+        )
 
-    def _verdict(self, status: int, answer: Mapping[str, Any] | None, records: int) -> None:
+    def _verdict(
+        self,
+        status: int,
+        answer: Mapping[str, Any] | None,
+        records: int,
+        *,
+        retry_after: float | None = None,
+    ) -> None:
         where = f"quick_audience {self._host}"
         if status in TRANSIENT_STATUSES or 500 <= status < 600:
-            raise SinkError(f"{where} answered {status}")
+            raise SinkError(f"{where} answered {status}", retry_after=retry_after)
         trace = None if answer is None else field_of(answer, "traceId")
         self.last_trace_id = safe_code(trace) if trace is not None else None
         if status == 200 and answer is not None and field_of(answer, "success") is True:

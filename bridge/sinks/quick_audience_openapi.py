@@ -28,7 +28,7 @@ from bridge import __version__
 from bridge.errors import SinkError
 from bridge.events import DownstreamEvent
 from bridge.records import Op
-from bridge.sinks.base import SinkConfigBase, SinkContext
+from bridge.sinks.base import SinkConfigBase, SinkContext, retry_after_of
 from bridge.sinks.mapping import (
     IdentitySettings,
     MappingSettings,
@@ -299,10 +299,22 @@ class QuickAudienceOpenApiSink:
             raise SinkError(
                 f"quick_audience_openapi {self._host} {action} failed: {type(exc).__name__}"
             ) from None
-        self._verdict(action, response.status_code, answer_of(response), records)
+        self._verdict(
+            action,
+            response.status_code,
+            answer_of(response),
+            records,
+            retry_after=retry_after_of(response.headers),
+        )
 
     def _verdict(
-        self, action: str, status: int, answer: Mapping[str, Any] | None, records: int
+        self,
+        action: str,
+        status: int,
+        answer: Mapping[str, Any] | None,
+        records: int,
+        *,
+        retry_after: float | None = None,
     ) -> None:
         where = f"quick_audience_openapi {self._host} {action}"
         trace = None
@@ -312,7 +324,7 @@ class QuickAudienceOpenApiSink:
         if status == 200 and answer is not None and field_of(answer, "success") is True:
             return
         if status in TRANSIENT_STATUSES or 500 <= status < 600:
-            raise SinkError(f"{where} answered {status}")
+            raise SinkError(f"{where} answered {status}", retry_after=retry_after)
         if answer is None:
             if status == 200:
                 raise SinkError(f"{where} answered 200 without a JSON object")

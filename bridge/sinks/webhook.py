@@ -20,7 +20,7 @@ from bridge.events import DownstreamEvent
 from bridge.secrets import ENV_REF as _ENV_REF
 from bridge.secrets import check_references as _check_references
 from bridge.secrets import interpolate as _interpolate
-from bridge.sinks.base import SinkConfigBase, SinkContext
+from bridge.sinks.base import SinkConfigBase, SinkContext, retry_after_of
 
 BATCH_SIZE_HEADER = "X-Bridge-Batch-Size"
 CONTENT_TYPE = "application/json"
@@ -222,13 +222,18 @@ class WebhookSink:
             raise SinkError(f"webhook {self._host} failed: {type(exc).__name__}") from None
         try:
             status = response.status_code
+            after = retry_after_of(response.headers)
             _drain(response)
         finally:
             response.close()
         if 200 <= status < 300:
             return
         transient = status in TRANSIENT_STATUSES or 500 <= status < 600
-        raise SinkError(f"webhook {self._host} answered {status}", permanent=not transient)
+        raise SinkError(
+            f"webhook {self._host} answered {status}",
+            permanent=not transient,
+            retry_after=after if transient else None,
+        )
 
     def close(self) -> None:
         """Close the HTTP client and its connections."""

@@ -512,6 +512,8 @@ class HookServer:
         self.status = 200
         self.accepted: list[dict[str, Any]] = []
         self.answered: Counter[int] = Counter()
+        self.refuse: Callable[[dict[str, Any]], bool] | None = None
+        """While set, a request carrying an event it is true for is answered 400, whole."""
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -554,8 +556,12 @@ class HookServer:
     def _take(self, body: bytes) -> int:
         with self._lock:
             status = self.status
+            events = json.loads(body)["events"]
+            refuse = self.refuse
+            if status == 200 and refuse is not None and any(refuse(e) for e in events):
+                status = 400
             if status == 200:
-                self.accepted.extend(json.loads(body)["events"])
+                self.accepted.extend(events)
             self.answered[status] += 1
             return status
 

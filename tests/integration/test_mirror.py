@@ -27,7 +27,7 @@ from test_bridge_run import (  # the fixture is used by name
     wait_until,
 )
 
-from bridge.errors import ConfigError, Rejected, SinkError
+from bridge.errors import ConfigError, SinkError
 from bridge.events import DownstreamEvent
 from bridge.records import Op
 from bridge.sinks import SinkContext
@@ -254,16 +254,15 @@ def test_report_ts_in_seconds_compares_with_milliseconds() -> None:
 def test_a_record_the_database_refuses_is_refused_alone(
     mirror: Callable[..., MirrorSink], database: dict[str, str], request: pytest.FixtureRequest
 ) -> None:
-    """A row breaking a constraint is named in Rejected; the batch's other records commit."""
+    """A row breaking a constraint is named in the Refused result; the others commit."""
     sink = mirror()
     sink.send([event("add", "c-0", ts=T0)])
     _add_check(database, request, "age < 150")
     batch = [event("add", "c-1", ts=T0), event("add", "c-2", ts=T0, age=180), event("add", "c-3")]
-    with pytest.raises(Rejected) as caught:
-        sink.send(batch)
-    assert caught.value.indexes == [1]
-    assert caught.value.cause.permanent
-    assert "180" not in str(caught.value)
+    refused = sink.send(batch)
+    assert refused is not None
+    assert list(refused.records) == [1]
+    assert "180" not in str(refused.records)
     assert row(sink, "c-1") is not None
     assert row(sink, "c-2") is None
     assert row(sink, "c-3") is not None

@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,8 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from bridge.config import parse
+from bridge.config import DeliveryConfig, parse
+from bridge.delivery import Worker, event_row, sink_sender
 from bridge.errors import BrokerError, ConfigError, SinkError
 from bridge.events import DownstreamEvent
 from bridge.records import Op
@@ -39,6 +41,7 @@ from bridge.sinks.quick_audience_openapi import (
     QuickAudienceOpenApiConfig,
     QuickAudienceOpenApiSink,
 )
+from bridge.spool import Spool
 from bridge.standins import (
     QUICK_AUDIENCE_PATH,
     MobileEventsStandIn,
@@ -1006,3 +1009,53 @@ def test_demo_shows_records_arriving_at_the_three_stand_ins(tmp_path: Path) -> N
     assert '"customerId":"来源方主键id","eventCode":"customer_delete"' in out
     assert not re.search(r"(?<!\d)1\d{10}(?!\d)", out), "a phone number in clear"
     assert "someone@example.com" not in out
+
+
+# batch isolation through the delivery worker (SPEC 6: no collateral damage)
+
+
+@pytest.mark.parametrize("kind", ["quick_audience", "quick_audience_openapi", "mobile_events"])
+def test_a_platform_refusing_one_record_dead_letters_it_alone(
+    qa: QuickAudienceStandIn,
+    openapi: QuickAudienceOpenApiStandIn,
+    mobile: MobileEventsStandIn,
+    tmp_path: Path,
+    kind: str,
+) -> None:
+    """A platform refusing a whole batch for one record (a blank customer id): the worker
+    splits it, that record alone is a dead letter, the platform takes all the others."""
+    servers = {"quick_audience": qa, "quick_audience_openapi": openapi, "mobile_events": mobile}
+    builders = {
+        "quick_audience": qa_sink,
+        "quick_audience_openapi": lambda url: openapi_sink(url, report_identities=False),
+        "mobile_events": mobile_sink,
+    }
+    server = servers[kind]
+    sink = builders[kind](server.url)
+    ids = [f"c-{n}" for n in range(9)]
+    ids[5] = " "  # the platform refuses the batch that carries it
+    spool = Spool(tmp_path / "spool.db", synchronous="NORMAL")
+    try:
+        spool.store([event_row(sink.name, event(c, Op.EDIT, msg_id=f"m-{c}")) for c in ids], [])
+        worker = Worker(
+            sink.name,
+            sink_sender(sink),
+            spool,
+            DeliveryConfig(),
+            threading.Event(),
+            structlog.get_logger(),
+            batch_size=9,
+            gave_up=lambda _rows, _reason: [],
+            kind="event",
+        )
+        while worker.step():
+            pass
+        letters = spool.dead_letters()
+        pending = spool.pending
+    finally:
+        spool.close()
+        sink.close()
+    assert [json.loads(d.body)["customer"]["id"] for d in letters] == [" "]
+    accepted = [item.get("customerId", item.get("user")) for item in server.accepted]
+    assert sorted(accepted) == sorted(c for c in ids if c != " ")
+    assert pending == 0

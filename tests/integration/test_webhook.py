@@ -8,10 +8,12 @@ is given (200 once that runs out), and can be stopped to play a receiver that is
 from __future__ import annotations
 
 import collections
+import email.utils
 import hashlib
 import hmac
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -52,6 +54,7 @@ class Receiver:
         self.requests: list[Received] = []
         self.statuses: collections.deque[int] = collections.deque()
         self.delay = 0.0
+        self.retry_after: str | None = None
         self.released = threading.Event()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.receiver = self
@@ -116,6 +119,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         if 300 <= status < 400:
             self.send_header("Location", "/elsewhere")
+        if receiver.retry_after is not None and status >= 400:
+            self.send_header("Retry-After", receiver.retry_after)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
@@ -319,6 +324,44 @@ def test_transient_statuses_are_retried(receiver: Receiver, status: int) -> None
     assert not error.permanent
     assert str(error) == f"webhook 127.0.0.1 answered {status}"
     assert len(receiver.requests) == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "header", "seconds"),
+    [
+        (429, "7", 7.0),
+        (503, "0", 0.0),
+        (503, "Fri, 31 Dec 1999 23:59:59 GMT", 0.0),  # a date gone by: at once
+        (503, "soon", None),  # not a delay: the backoff decides
+        (503, "99999999", 24 * 3600.0),
+        (400, "7", None),  # a permanent refusal is not retried at all
+    ],
+)
+def test_retry_after_is_read_from_a_refusal(
+    receiver: Receiver, status: int, header: str, seconds: float | None
+) -> None:
+    """A `Retry-After` of seconds or an HTTP date travels with a transient SinkError."""
+    receiver.statuses.append(status)
+    receiver.retry_after = header
+    sink = webhook(receiver.url)
+    try:
+        error = send_error(sink)
+    finally:
+        sink.close()
+    assert error.retry_after == seconds
+
+
+def test_retry_after_as_a_future_date_is_the_time_until_then(receiver: Receiver) -> None:
+    """An HTTP-date `Retry-After` becomes the seconds from now until that date."""
+    receiver.statuses.append(503)
+    receiver.retry_after = email.utils.formatdate(time.time() + 120, usegmt=True)
+    sink = webhook(receiver.url)
+    try:
+        error = send_error(sink)
+    finally:
+        sink.close()
+    assert error.retry_after is not None
+    assert 110 <= error.retry_after <= 121
 
 
 @pytest.mark.parametrize("status", [400, 401, 404, 415, 301])

@@ -39,9 +39,11 @@ from bridge.delivery import (
     give_up_alarms,
     sink_sender,
 )
-from bridge.errors import BrokerError, Partial, PublishRefused, Rejected, SinkError
+from bridge.errors import BrokerError, Partial, PublishRefused, SinkError
 from bridge.events import DownstreamEvent
 from bridge.records import Op
+from bridge.sinks import Refused
+from bridge.sinks.python import PythonSink
 from bridge.spool import ALARMS, NewRow, Row, Spool
 from bridge.topics import TopicKind
 
@@ -86,12 +88,31 @@ class FakeSender:
         self.batches: list[list[str]] = []
         self.failures = list(failures)
 
-    def __call__(self, rows: Sequence[Row]) -> None:
+    def __call__(self, rows: Sequence[Row]) -> Refused | None:
         self.batches.append([label(r) for r in rows])
         if self.failures:
             failure = self.failures.pop(0)
             if failure is not None:
                 raise failure
+        return None
+
+
+class RefusingSender:
+    """A sink that refuses, for good, any batch holding a record it cannot take (as a
+    webhook answering 400 for the whole request does), and takes every other batch."""
+
+    def __init__(self, *bad: str) -> None:
+        self.bad = set(bad)
+        self.batches: list[list[str]] = []
+        self.taken: list[str] = []
+
+    def __call__(self, rows: Sequence[Row]) -> Refused | None:
+        labels = [label(r) for r in rows]
+        self.batches.append(labels)
+        if any(item in self.bad or item.split(":")[0] in self.bad for item in labels):
+            raise SinkError("HTTP 400: bad phone", permanent=True)
+        self.taken.extend(labels)
+        return None
 
 
 class GaveUp:
@@ -120,7 +141,7 @@ def spool(tmp_path: Path) -> Iterator[Spool]:
 
 def worker(
     spool: Spool,
-    send: Callable[[Sequence[Row]], None],
+    send: Callable[[Sequence[Row]], Refused | None],
     config: DeliveryConfig | None = None,
     *,
     name: str = SINK,
@@ -129,6 +150,7 @@ def worker(
     kind: str = "event",
     rand: Callable[[], float] = lambda: 1.0,
     stopping: threading.Event | None = None,
+    hold: bool = False,
 ) -> Worker:
     """A worker over `spool`, driven by `step()` unless the test starts its thread."""
     return Worker(
@@ -142,6 +164,7 @@ def worker(
         gave_up=gave_up or (lambda _rows, _reason: []),
         kind=kind,
         rand=rand,
+        hold=hold,
     )
 
 
@@ -294,15 +317,15 @@ def test_transient_failure_schedules_a_retry(spool: Spool, failure: Exception, r
 def test_permanent_failure_dead_letters_rows_and_queues_alarms(
     spool: Spool, failure: Exception
 ) -> None:
-    """A permanent failure is not retried: rows go to the dead letters, their alarms are queued."""
+    """A sink refusing every record for good: each is tried alone, then all are dead letters."""
     put(spool, event("A", 1), event("B", 1))
     gave_up = GaveUp()
-    send = FakeSender(failure)
+    send = FakeSender(failure, failure, failure)
     w = worker(spool, send, gave_up=gave_up)
 
     assert w.step() is True
 
-    assert send.batches == [["A:1", "B:1"]]
+    assert send.batches == [["A:1", "B:1"], ["A:1"], ["B:1"]]
     assert all_rows(spool) == []
     letters = spool.dead_letters()
     assert [(d.target, d.kind, d.reason, d.attempts, d.msg_id) for d in letters] == [
@@ -313,27 +336,14 @@ def test_permanent_failure_dead_letters_rows_and_queues_alarms(
         "A:1",
         "B:1",
     ]
-    assert gave_up.calls == [(["A:1", "B:1"], "HTTP 400: bad phone")]
-    (alarm,) = [r.decoded() for r in spool.due(ALARMS, 10)]
-    assert alarm["topic"] == STANDARD_ERROR_TOPIC
-    assert alarm["payload"]["events"]["add_error"]["code"] == CODE_SINK_GAVE_UP
+    # each refused alone, each given up (and alarmed) on its own
+    assert gave_up.calls == [(["A:1"], "HTTP 400: bad phone"), (["B:1"], "HTTP 400: bad phone")]
+    queued = [r.decoded() for r in spool.due(ALARMS, 10)]
+    assert len(queued) == 2
+    for alarm in queued:
+        assert alarm["topic"] == STANDARD_ERROR_TOPIC
+        assert alarm["payload"]["events"]["add_error"]["code"] == CODE_SINK_GAVE_UP
     assert (w.dead, w.retries, w.delivered) == (2, 0, 0)
-
-
-def test_rejected_records_alone_go_to_the_dead_letters(spool: Spool) -> None:
-    """A sink that refuses some records of a batch: those are dead letters, the rest delivered."""
-    put(spool, event("A", 1), event("B", 1), event("C", 1))
-    gave_up = GaveUp()
-    send = FakeSender(Rejected([1], SinkError("check constraint", permanent=True)))
-    w = worker(spool, send, gave_up=gave_up)
-
-    assert w.step() is True
-
-    assert all_rows(spool) == []
-    letters = spool.dead_letters()
-    assert [label(DownstreamEvent.from_dict(json.loads(d.body))) for d in letters] == ["B:1"]
-    assert gave_up.calls == [(["B:1"], "check constraint")]
-    assert (w.dead, w.retries, w.delivered) == (1, 0, 2)
 
 
 def test_max_attempts_exhaustion_dead_letters(spool: Spool) -> None:
@@ -426,14 +436,11 @@ def test_one_customer_waits_behind_its_retry_while_others_flow(spool: Spool) -> 
     assert w.step()  # A:1 fails, retry in 0.2 s
     put(spool, event("A", 2), event("B", 1), event("B", 2))
 
-    assert w.step()
-    assert w.step() is False  # A:2 must not overtake A:1
-
+    assert w.step()  # B goes; the sink answers again, so A:1's retry falls due at once
     assert send.batches == [["A:1"], ["B:1", "B:2"]]
     assert [label(r) for r in all_rows(spool)] == ["A:1", "A:2"]
-    time.sleep(0.25)
     assert w.step()
-    assert send.batches[-1] == ["A:1", "A:2"]
+    assert send.batches[-1] == ["A:1", "A:2"]  # A:2 never overtakes A:1
     assert spool.pending == 0
 
 
@@ -443,9 +450,17 @@ def test_idle_worker_does_not_spin_while_a_customer_waits(tmp_path: Path) -> Non
     class CountingSpool(Spool):
         polls = 0
 
-        def due(self, target: str, limit: int, now: float | None = None, scan: int = 5000) -> Any:
+        def due(
+            self,
+            target: str,
+            limit: int,
+            now: float | None = None,
+            scan: int = 5000,
+            *,
+            hold: bool = False,
+        ) -> Any:
             CountingSpool.polls += 1
-            return super().due(target, limit, now, scan)
+            return super().due(target, limit, now, scan, hold=hold)
 
     spool = CountingSpool(tmp_path / "spool.db", synchronous="NORMAL")
     stopping = threading.Event()
@@ -733,3 +748,259 @@ def test_partial_delivery_sends_only_the_rest_again(spool: Spool) -> None:
     assert [label(r) for r in left] == ["B:1", "C:1"]
     assert all(r.attempts == 1 for r in left)
     assert w.delivered == 1
+
+
+# batch isolation (SPEC 6: no collateral damage)
+
+
+def test_one_refused_record_dead_letters_it_alone_and_delivers_the_batch(spool: Spool) -> None:
+    """A batch refused for good because of one record: the batch is halved until that record
+    stands alone; it alone is a dead letter, with one alarm, and every other record goes."""
+    put(spool, *(event(c, 1) for c in "ABCDEFGHIJ"))
+    gave_up = GaveUp()
+    send = RefusingSender("D:1")
+    w = worker(spool, send, gave_up=gave_up, batch_size=10)
+
+    assert w.step() is True
+
+    assert sorted(send.taken) == sorted(f"{c}:1" for c in "ABCEFGHIJ")
+    assert [label(DownstreamEvent.from_dict(json.loads(d.body))) for d in spool.dead_letters()] == [
+        "D:1"
+    ]
+    assert gave_up.calls == [(["D:1"], "HTTP 400: bad phone")]
+    assert len(spool.due(ALARMS, 10)) == 1
+    assert all_rows(spool) == []
+    assert (w.delivered, w.dead, w.retries) == (9, 1, 0)
+    # halving: 10 -> 5 + 5 -> (2 + 3) ... never more requests than 2n - 1
+    assert len(send.batches) <= 2 * 10 - 1
+
+
+def test_a_refused_customer_never_dead_letters_another_across_batches(spool: Spool) -> None:
+    """A backlog where one customer's every record is refused: only that customer's records
+    are dead letters, each other customer receives all of its records in order."""
+    customers = [f"c{i}" for i in range(7)]
+    stream = [event(customers[n % 7], n) for n in range(70)]
+    put(spool, *stream)
+    send = RefusingSender("c3")
+    w = worker(spool, send, batch_size=16)
+
+    while w.step():
+        pass
+
+    dead = [label(DownstreamEvent.from_dict(json.loads(d.body))) for d in spool.dead_letters()]
+    assert dead == [label(e) for e in stream if e.customer_id == "c3"]
+    for name in customers:
+        if name != "c3":
+            mine = [item for item in send.taken if item.startswith(f"{name}:")]
+            assert mine == [label(e) for e in stream if e.customer_id == name]
+    assert spool.pending == 0
+
+
+def test_a_per_record_answer_gives_up_on_the_named_records_without_splitting(
+    spool: Spool,
+) -> None:
+    """A sink answering `Refused` by position: one request, the named rows are dead letters
+    with their own reason, the others are delivered."""
+    put(spool, event("A", 1), event("B", 1), event("C", 1))
+    batches: list[list[str]] = []
+
+    def send(rows: Sequence[Row]) -> Refused | None:
+        batches.append([label(r) for r in rows])
+        return Refused({1: "INVALID_PARAMETER: user is required"})
+
+    gave_up = GaveUp()
+    w = worker(spool, send, gave_up=gave_up)
+
+    assert w.step() is True
+
+    assert batches == [["A:1", "B:1", "C:1"]]
+    assert [(d.reason, d.okey) for d in spool.dead_letters()] == [
+        ("INVALID_PARAMETER: user is required", "\x1f".join((TENANT, PROJECT, "B")))
+    ]
+    assert gave_up.calls == [(["B:1"], "INVALID_PARAMETER: user is required")]
+    assert all_rows(spool) == []
+    assert (w.delivered, w.dead) == (2, 1)
+
+
+def test_a_transient_failure_while_splitting_leaves_the_rest_untried(spool: Spool) -> None:
+    """Halving stops at a transient failure: that half waits for its retry, the records not
+    yet tried keep their attempts, nothing of a customer overtakes its waiting record."""
+    put(spool, event("A", 1), event("B", 1), event("C", 1), event("D", 1))
+    refused = SinkError("HTTP 400", permanent=True)
+    send = FakeSender(refused, refused, refused, None, SinkError("HTTP 503"))
+    w = worker(spool, send)
+
+    assert w.step() is True
+
+    assert send.batches == [
+        ["A:1", "B:1", "C:1", "D:1"],
+        ["A:1", "B:1"],
+        ["A:1"],
+        ["B:1"],
+        [
+            "C:1",
+            "D:1",
+        ],
+    ]
+    assert [d.reason for d in spool.dead_letters()] == ["HTTP 400"]
+    assert [(label(r), r.attempts) for r in all_rows(spool)] == [("C:1", 1), ("D:1", 1)]
+    assert (w.delivered, w.dead, w.retries) == (1, 1, 1)
+
+
+def test_an_item_by_item_sink_refusing_one_record_gives_up_on_that_one(spool: Spool) -> None:
+    """`Partial` with a permanent cause names the record refused: the ones before it were
+    taken, it alone is a dead letter, the ones after it are sent on."""
+    put(spool, event("A", 1), event("B", 1), event("C", 1))
+    send = FakeSender(Partial(1, PublishRefused("not authorised")))
+    w = worker(spool, send)
+
+    assert w.step() is True
+
+    assert send.batches == [["A:1", "B:1", "C:1"], ["C:1"]]
+    assert [label(DownstreamEvent.from_dict(json.loads(d.body))) for d in spool.dead_letters()] == [
+        "B:1"
+    ]
+    assert all_rows(spool) == []
+
+
+# order across a give-up
+
+
+def test_hold_keeps_a_customers_later_events_behind_its_dead_letter(spool: Spool) -> None:
+    """With holding, the refused customer's later events wait (others flow); replayed, its
+    dead letter goes first and the held events follow in arrival order."""
+    put(spool, event("A", 1), event("B", 1), event("A", 2), event("B", 2))
+    send = RefusingSender("A:1")
+    w = worker(spool, send, hold=True)
+
+    assert w.step() is True
+    assert w.step() is False  # A:2 is held, not sent and not retried
+
+    assert send.taken == ["B:1", "B:2"]
+    # A:2 went out only inside the first, refused, request of the whole batch
+    assert not any("A:2" in batch for batch in send.batches[1:])
+    assert [(label(r), r.attempts) for r in all_rows(spool)] == [("A:2", 0)]
+    put(spool, event("A", 3))
+    assert w.step() is False
+    send.bad.clear()  # the receiver is fixed
+
+    done = spool.replay_in_order(None)
+
+    assert (done.replayed, done.overtaken) == (1, [])
+    assert w.step() is True
+    assert send.batches[-1] == ["A:1", "A:2", "A:3"]
+    assert spool.pending == 0
+
+
+def test_purging_the_dead_letter_releases_a_held_customer(spool: Spool) -> None:
+    """A purged dead letter no longer holds its customer: the later events go."""
+    put(spool, event("A", 1), event("A", 2))
+    send = RefusingSender("A:1")
+    w = worker(spool, send, hold=True)
+    assert w.step() is True
+    assert w.step() is False
+
+    assert spool.purge(None) == 1
+
+    assert w.step() is True
+    assert send.taken == ["A:2"]
+
+
+def test_flowing_by_default_marks_the_dead_letter_overtaken(spool: Spool) -> None:
+    """Without holding the customer's later event goes on, and its dead letter is reported as
+    overtaken by the replay; `skip_overtaken` drops it instead of sending a stale event."""
+    put(spool, event("A", 1), event("B", 1), event("A", 2))
+    send = RefusingSender("A:1")
+    w = worker(spool, send)
+    assert w.step() is True
+    assert send.taken == ["B:1", "A:2"]
+    (letter,) = spool.dead_letters()
+    assert letter.overtaken_at is not None
+
+    done = spool.replay_in_order(None, skip_overtaken=True)
+
+    assert (done.replayed, done.overtaken, done.dropped) == (0, [letter.id], 1)
+    assert spool.dead_count() == 0
+    assert spool.pending == 0
+
+
+# retry timing
+
+
+@pytest.mark.parametrize(("asked", "waited"), [(7.0, 7.0), (0.0, 0.0), (10_000.0, 120.0)])
+def test_retry_after_sets_the_wait_up_to_its_cap(spool: Spool, asked: float, waited: float) -> None:
+    """A sink's `Retry-After` replaces the backoff, cut to `max_retry_after`."""
+    put(spool, event("A", 1))
+    config = DeliveryConfig(initial_backoff=10.0, max_backoff=60.0, max_retry_after=120.0)
+    w = worker(spool, FakeSender(SinkError("HTTP 429", retry_after=asked)), config)
+    before = time.time()
+
+    assert w.step() is True
+
+    (row,) = all_rows(spool)
+    assert before + waited <= row.next_at <= time.time() + waited
+
+
+def test_waiting_retries_fall_due_once_the_sink_takes_a_batch(spool: Spool) -> None:
+    """Records waiting out their backoff go as soon as the sink takes a batch again."""
+    put(spool, event("A", 1), event("B", 1))
+    send = FakeSender(SinkError("HTTP 503"))
+    w = worker(spool, send)  # a first retry waits 10 s
+    assert w.step() is True
+    assert spool.due(SINK, 10) == []
+    put(spool, event("C", 1))
+
+    assert w.step() is True  # C goes: the sink answers again
+    assert w.step() is True  # A and B at once, not 10 s later
+
+    assert send.batches == [["A:1", "B:1"], ["C:1"], ["A:1", "B:1"]]
+    assert spool.pending == 0
+
+
+class RefusingHandler:
+    """An operator's handler that raises a permanent SinkError for any batch with customer X,
+    or, with `by_position`, returns `Refused` naming X's records."""
+
+    def __init__(self, *, by_position: bool = False) -> None:
+        self.by_position = by_position
+        self.taken: list[str] = []
+
+    def send(self, events: list[DownstreamEvent]) -> Refused | None:
+        bad = {i: "X refused" for i, e in enumerate(events) if e.customer_id == "X"}
+        if bad and not self.by_position:
+            raise SinkError("X refused", permanent=True)
+        self.taken.extend(label(e) for i, e in enumerate(events) if i not in bad)
+        return Refused(bad) if bad else None
+
+
+@pytest.mark.parametrize("by_position", [False, True])
+def test_a_python_handler_refusing_one_customer_dead_letters_it_alone(
+    spool: Spool, by_position: bool
+) -> None:
+    """A handler refusing customer X (by raising, or by position): X alone is a dead letter."""
+    handler = RefusingHandler(by_position=by_position)
+    sink = PythonSink("handler", handler)
+    put(spool, event("A", 1), event("X", 1), event("B", 1), event("X", 2), event("C", 1))
+
+    w = worker(spool, sink_sender(sink))
+    while w.step():
+        pass
+
+    assert handler.taken == ["A:1", "B:1", "C:1"]
+    assert [label(DownstreamEvent.from_dict(json.loads(d.body))) for d in spool.dead_letters()] == [
+        "X:1",
+        "X:2",
+    ]
+
+
+def test_a_python_handler_naming_positions_outside_the_batch_is_retried() -> None:
+    """`Refused` with a position the batch does not have is a transient error, not trusted."""
+
+    class Wrong:
+        def send(self, events: list[DownstreamEvent]) -> Refused:
+            return Refused({len(events): "?"})
+
+    with pytest.raises(SinkError) as caught:
+        PythonSink("handler", Wrong()).send([event("A", 1)])
+
+    assert caught.value.permanent is False

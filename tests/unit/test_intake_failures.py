@@ -1,0 +1,97 @@
+"""SPEC 6: a message the bridge fails on by its own bug is kept raw, counted, logged at error."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from bridge.config import Config
+from bridge.mqtt import InboundMessage
+from bridge.pipeline import Outcome
+from bridge.runtime import Bridge
+
+TOPIC = "acme/proj_42/v1-business-model-customer"
+PHONE = "13800138000"
+
+
+def payload(customer_id: str) -> bytes:
+    """A valid add envelope of one customer, carrying a phone number."""
+    document = {
+        "reportTs": 1661154622,
+        "msgId": f"m-{customer_id}",
+        "profile": {"poiCode": "s0140001", "appType": "customer", "modelId": 140001},
+        "events": {
+            "add": {
+                "eventTs": 1661154622000,
+                "eventType": 1,
+                "customerList": [
+                    {
+                        "id": customer_id,
+                        "projectId": "1117745722292428800",
+                        "name": "张三",
+                        "phone": PHONE,
+                    }
+                ],
+            }
+        },
+    }
+    return json.dumps(document).encode()
+
+
+def message(customer_id: str) -> InboundMessage:
+    """A QoS 0 message as the MQTT client hands it to the intake."""
+    return InboundMessage(TOPIC, payload(customer_id), 0, 0, 0, 0)
+
+
+@pytest.fixture
+def bridge(tmp_path: Path) -> Iterator[Bridge]:
+    """A bridge with a jsonl sink, not connected (the intake is driven by the test)."""
+    config = Config.model_validate(
+        {
+            "spool": {"path": str(tmp_path / "spool.db"), "synchronous": "NORMAL"},
+            "health": {"enabled": False},
+            "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
+        }
+    )
+    made = Bridge(config, structlog.get_logger("test"))
+    try:
+        yield made
+    finally:
+        for target in made.targets:
+            target.sink.close()
+        made.spool.close()
+
+
+def test_a_message_the_pipeline_fails_on_is_kept_raw_and_the_rest_go_on(
+    bridge: Bridge, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug on one message: it is a raw dead letter, counted and logged at error (with no
+    personal data), acknowledged; the other messages of the batch are forwarded."""
+    process = bridge.pipeline.process
+
+    def buggy(topic: str, raw: bytes) -> Outcome:
+        if b'"bad"' in raw:
+            raise KeyError(PHONE)  # a bug whose text quotes the payload
+        return process(topic, raw)
+
+    monkeypatch.setattr(bridge.pipeline, "process", buggy)
+
+    with capture_logs() as logs:
+        bridge.intake([message("good-1"), message("bad"), message("good-2")])
+
+    (letter,) = bridge.spool.dead_letters()
+    assert letter.kind == "payload"
+    assert letter.body == payload("bad")
+    assert letter.topic == TOPIC
+    assert bridge.stats.failed == 1
+    assert bridge.stats.unacked == 0
+    failed = [line for line in logs if line["event"] == "pipeline_failed"]
+    assert [(line["log_level"], line["error"]) for line in failed] == [("error", "KeyError")]
+    assert PHONE not in json.dumps(logs, default=str)
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [line["customer"]["id"] for line in out] == ["good-1", "good-2"]
