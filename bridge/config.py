@@ -71,7 +71,8 @@ class BrokerConfig(_Model):
     client_id: str = Field(default="customer-bridge", min_length=1, max_length=128)
     session_expiry: int = Field(default=7 * 24 * 3600, ge=0)
     keepalive: int = Field(default=30, ge=5, le=65535)
-    receive_maximum: int = Field(default=200, ge=1, le=65535)
+    receive_maximum: int = Field(default=1000, ge=1, le=65535)
+    max_packet_size: int | None = Field(default=None, ge=16, le=268_435_460)
     publish_timeout: float = Field(default=10.0, gt=0)
     username: str | None = None
     password: str | None = None
@@ -233,7 +234,7 @@ class SpoolConfig(_Model):
     path: Path = Path("state/spool.db")
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     max_pending: int = Field(default=1_000_000, ge=1)
-    intake_batch: int = Field(default=200, ge=1)
+    intake_batch: int = Field(default=1000, ge=1)
     dedup_max_keys: int = Field(default=1_000_000, ge=1)
     dedup_max_age: float = Field(default=8 * 24 * 3600.0, gt=0)
 

@@ -1,9 +1,10 @@
-"""The only module that imports paho: connect, subscribe, hand over messages, ack, publish.
+"""The only module that imports paho: the publishing connection (alarms, republished records).
 
-paho runs its network loop on its own thread. Nothing raised by our code may reach
-it (an exception escaping `on_message` kills the loop, and with manual acks the
-same message comes back after the restart: a crash loop), so every callback
-catches everything. Return codes become `BrokerError`s here.
+The subscribing connection is our own receive-only client (`bridge.intake.client`): paho's
+per-message cost on receipt was most of a message's budget. Publishing is a few per cent of
+the traffic and needs paho's outgoing flow control, so it stays here. paho runs its network
+loop on its own thread; nothing raised by our code may reach it, so every callback catches
+everything. Return codes become `BrokerError`s here.
 """
 
 from __future__ import annotations
@@ -12,10 +13,7 @@ import contextlib
 import os
 import socket
 import ssl
-import sys
 import threading
-import time
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -24,17 +22,13 @@ from paho.mqtt.client import (
     Client,
     ConnectFlags,
     DisconnectFlags,
-    MQTTMessage,
 )
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.config import BrokerConfig
 from bridge.errors import BrokerError, ConfigError, PublishRefused
-from bridge.intake.message import InboundMessage
 
 
 def _no_delay(_client: Client, _userdata: Any, sock: Any) -> None:
@@ -43,50 +37,33 @@ def _no_delay(_client: Client, _userdata: Any, sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class MqttClient:
-    """A persistent-session, manual-ack MQTT client (MQTT 5 or 3.1.1) around paho."""
+class Publisher:
+    """A clean-session MQTT client (MQTT 5 or 3.1.1) that publishes and waits for the ack.
 
-    def __init__(
-        self,
-        config: BrokerConfig,
-        filters: Sequence[str],
-        on_message: Callable[[InboundMessage], None],
-        logger: structlog.typing.FilteringBoundLogger,
-    ) -> None:
+    It connects as `{client_id}-pub`: on the subscribing connection the acknowledgements of
+    our publishes would queue behind every message the broker is pushing to us, which during
+    a backlog took longer than `publish_timeout`.
+    """
+
+    def __init__(self, config: BrokerConfig, logger: structlog.typing.FilteringBoundLogger) -> None:
         self._config = config
-        self._filters = list(filters)
-        self._deliver = on_message
         self._log = logger.bind(broker=f"{config.host}:{config.port}")
         self._v5 = config.protocol == "5"
-        self._lock = threading.Lock()
-        self._generation = 0
         self._puback_reasons: dict[int, ReasonCode] = {}
-        self._last_failure: str | None = None
+        self._refused: str | None = None
         self.connected = threading.Event()
-        self.subscribed = threading.Event()
-        self.publisher_connected = threading.Event()
-        self._client = self._make_client(config.client_id, persistent=True)
+        self._client = self._make_client(f"{config.client_id}-pub")
         self._client.on_connect = self._on_connect
-        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_message = self._on_message
-        # Alarms and republished records go out on a connection of their own: on the
-        # subscribing one their acknowledgements queue behind every message the broker is
-        # pushing to us, which during a backlog took longer than publish_timeout.
-        self._publisher = self._make_client(f"{config.client_id}-pub", persistent=False)
-        self._publisher.on_connect = self._on_publisher_connect
-        self._publisher.on_disconnect = self._on_publisher_disconnect
-        self._publisher.on_publish = self._on_publish
+        self._client.on_publish = self._on_publish
 
-    def _make_client(self, client_id: str, *, persistent: bool) -> Client:
+    def _make_client(self, client_id: str) -> Client:
         config = self._config
         client = Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311,
-            clean_session=None if self._v5 else not persistent,
-            manual_ack=persistent,
+            clean_session=None if self._v5 else True,
             reconnect_on_failure=True,
         )
         client.reconnect_delay_set(config.reconnect.min_delay, config.reconnect.max_delay)
@@ -109,66 +86,30 @@ class MqttClient:
         client.on_socket_open = _no_delay
         return client
 
-    @property
-    def generation(self) -> int:
-        """The number of the current connection (0 before the first)."""
-        return self._generation
-
     def start(self) -> None:
         """Connect in the background; paho retries with the configured backoff."""
         config = self._config
-        properties = None
         if self._v5:
-            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            properties.SessionExpiryInterval = config.session_expiry
-            properties.ReceiveMaximum = config.receive_maximum
-            # Without clean_start=False paho's default wipes the session at every start.
-            self._client.connect_async(
-                config.host,
-                config.port,
-                config.keepalive,
-                clean_start=False,
-                properties=properties,
-            )
+            self._client.connect_async(config.host, config.port, config.keepalive, clean_start=True)
         else:
             self._client.connect_async(config.host, config.port, config.keepalive)
         self._client.loop_start()
-        if self._v5:
-            self._publisher.connect_async(
-                config.host, config.port, config.keepalive, clean_start=True
-            )
-        else:
-            self._publisher.connect_async(config.host, config.port, config.keepalive)
-        self._publisher.loop_start()
 
     def stop(self) -> None:
-        """Disconnect cleanly (the session stays on the broker) and stop the network loop."""
+        """Disconnect and stop the network loop."""
         try:
             self._client.disconnect()
-            self._publisher.disconnect()
         finally:
             self._client.loop_stop()
-            self._publisher.loop_stop()
-        self.publisher_connected.clear()
         self.connected.clear()
-        self.subscribed.clear()
-
-    def ack(self, message: InboundMessage) -> bool:
-        """Acknowledge a message on the connection it came on; False if that connection is gone."""
-        if message.qos == 0:
-            return True
-        with self._lock:
-            if message.generation != self._generation or not self.connected.is_set():
-                return False
-            return self._client.ack(message.mid, message.qos) == MQTT_ERR_SUCCESS
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         """Publish and wait for the broker's acknowledgement; BrokerError if it did not take it."""
-        if not self.publisher_connected.is_set():
+        if not self.connected.is_set():
             # paho would queue it and send it after reconnecting, while our caller retries it
             # too: the message would go out twice.
             raise BrokerError("not connected to the broker")
-        info = self._publisher.publish(topic, payload, qos=qos, retain=retain)
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if qos == 0:
             if info.rc != MQTT_ERR_SUCCESS:
                 raise BrokerError(f"publish failed (rc={info.rc})")
@@ -188,32 +129,6 @@ class MqttClient:
 
     def _on_connect(
         self,
-        client: Client,
-        _userdata: Any,
-        flags: ConnectFlags,
-        reason: ReasonCode,
-        _properties: Properties | None,
-    ) -> None:
-        try:
-            if reason.is_failure:
-                self._failure("connect_refused", str(reason))
-                return
-            with self._lock:
-                self._generation += 1
-                self.connected.set()
-            self._last_failure = None
-            self._log.info(
-                "connected", session_present=flags.session_present, generation=self._generation
-            )
-            if self._v5:
-                client.subscribe([(f, SubscribeOptions(qos=1)) for f in self._filters])
-            else:
-                client.subscribe([(f, 1) for f in self._filters])
-        except Exception:  # noqa: BLE001 - must not reach paho's loop
-            self._log.exception("callback_failed", callback="on_connect")
-
-    def _on_publisher_connect(
-        self,
         _client: Client,
         _userdata: Any,
         _flags: ConnectFlags,
@@ -222,13 +137,20 @@ class MqttClient:
     ) -> None:
         try:
             if reason.is_failure:
-                return  # the subscribing connection reports the same refusal, once
-            self.publisher_connected.set()
+                # Usually the intake connection is refused the same way and says so; a broker
+                # that takes it but refuses this one (an ACL on client ids) is said once here.
+                text = str(reason)
+                if text != self._refused:
+                    self._refused = text
+                    self._log.warning("publisher_connect_refused", reason=text)
+                return
+            self._refused = None
+            self.connected.set()
             self._log.debug("publisher_connected")
         except Exception:  # noqa: BLE001 - must not reach paho's loop
-            self._log.exception("callback_failed", callback="on_publisher_connect")
+            self._log.exception("callback_failed", callback="on_connect")
 
-    def _on_publisher_disconnect(
+    def _on_disconnect(
         self,
         _client: Client,
         _userdata: Any,
@@ -236,80 +158,7 @@ class MqttClient:
         _reason: ReasonCode,
         _properties: Properties | None,
     ) -> None:
-        self.publisher_connected.clear()
-
-    def _on_connect_fail(self, _client: Client, _userdata: Any) -> None:
-        try:
-            # paho calls this inside its `except OSError`, so the cause is still at hand.
-            cause = sys.exc_info()[1]
-            reason = f"{type(cause).__name__}: {cause}" if cause else "no connection"
-            self._failure("connect_failed", reason)
-        except Exception:  # noqa: BLE001 - must not reach paho's loop
-            self._log.exception("callback_failed", callback="on_connect_fail")
-
-    def _failure(self, event: str, reason: str) -> None:
-        # One clear line per distinct failure; repeats of it go to debug.
-        key = f"{event}:{reason}"
-        log = self._log.debug if key == self._last_failure else self._log.error
-        self._last_failure = key
-        log(event, reason=reason, retry_max_delay=self._config.reconnect.max_delay)
-
-    def _on_disconnect(
-        self,
-        _client: Client,
-        _userdata: Any,
-        _flags: DisconnectFlags,
-        reason: ReasonCode,
-        _properties: Properties | None,
-    ) -> None:
-        try:
-            with self._lock:
-                was_connected = self.connected.is_set()
-                self.connected.clear()
-            self.subscribed.clear()
-            if was_connected:
-                log = self._log.warning if reason.is_failure else self._log.info
-                log("disconnected", reason=str(reason))
-        except Exception:  # noqa: BLE001 - must not reach paho's loop
-            self._log.exception("callback_failed", callback="on_disconnect")
-
-    def _on_subscribe(
-        self,
-        _client: Client,
-        _userdata: Any,
-        _mid: int,
-        reasons: list[ReasonCode],
-        _properties: Properties | None,
-    ) -> None:
-        try:
-            refused = [f for f, r in zip(self._filters, reasons, strict=False) if r.is_failure]
-            if refused:
-                self._log.error("subscribe_refused", filters=refused)
-                return
-            granted = [r.value for r in reasons]
-            self._log.info("subscribed", filters=self._filters, granted_qos=granted)
-            self.subscribed.set()
-        except Exception:  # noqa: BLE001 - must not reach paho's loop
-            self._log.exception("callback_failed", callback="on_subscribe")
-
-    def _on_message(self, _client: Client, _userdata: Any, message: MQTTMessage) -> None:
-        try:
-            try:
-                topic: str | None = message.topic
-            except UnicodeDecodeError:
-                topic = None
-            self._deliver(
-                InboundMessage(
-                    topic=topic,
-                    payload=bytes(message.payload),
-                    mid=message.mid,
-                    qos=message.qos,
-                    generation=self._generation,
-                    received_ns=time.monotonic_ns(),
-                )
-            )
-        except Exception:  # noqa: BLE001 - must not reach paho's loop
-            self._log.exception("callback_failed", callback="on_message")
+        self.connected.clear()
 
     def _on_publish(
         self,

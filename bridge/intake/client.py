@@ -86,7 +86,8 @@ class ConnectSettings:
     keepalive: int = 30
     session_expiry: int = 7 * 24 * 3600
     receive_maximum: int = 1000
-    max_packet_size: int = 2 * 1024 * 1024
+    max_packet_size: int | None = None
+    """Told to the broker (MQTT 5) and enforced when set; None takes any size MQTT allows."""
     username: str | None = None
     password: str | None = None
     ssl_context: ssl.SSLContext | None = None
@@ -98,6 +99,10 @@ class ConnectSettings:
 
 class _Closed(BrokerError):
     """The connection ended; `reason` says why, for the log."""
+
+
+class _Refused(BrokerError):
+    """The broker answered CONNECT with a refusal."""
 
 
 class IntakeClient:
@@ -179,7 +184,7 @@ class IntakeClient:
                 delay = settings.min_delay
                 self._serve(sock, decoder)
             except (OSError, BrokerError) as exc:
-                self._failure(exc)
+                self._failure(exc, was_connected=self.connected.is_set())
             except Exception:  # noqa: BLE001 - the thread must outlive a bug in one connection
                 self._log.exception("intake_connection_failed")
             finally:
@@ -196,11 +201,22 @@ class IntakeClient:
                 break
             delay = min(delay * 2, settings.max_delay)
 
-    def _failure(self, exc: Exception) -> None:
+    def _failure(self, exc: Exception, *, was_connected: bool) -> None:
+        # The event names an operator greps for: `connect_failed` (no MQTT session came up:
+        # refused TCP, TLS, a broker closing before CONNACK), `connect_refused` (CONNACK said
+        # no), `disconnected` (a working connection ended). One line per distinct failure at
+        # error or warning; repeats of the same go to debug.
         reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, _Closed) else str(exc)
-        log = self._log.debug if reason == self.last_failure else self._log.warning
+        if was_connected:
+            event, log = "disconnected", self._log.warning
+        elif isinstance(exc, _Refused):
+            event, log = "connect_refused", self._log.error
+        else:
+            event, log = "connect_failed", self._log.error
+        if reason == self.last_failure:
+            log = self._log.debug
         self.last_failure = reason
-        log("intake_disconnected", reason=reason, retry_max_delay=self._settings.max_delay)
+        log(event, reason=reason, retry_max_delay=self._settings.max_delay)
 
     def _close(self, sock: socket.socket, *, graceful: bool) -> None:
         try:
@@ -233,8 +249,10 @@ class IntakeClient:
             properties = {
                 codec.SESSION_EXPIRY: s.session_expiry,
                 codec.RECEIVE_MAXIMUM: s.receive_maximum,
-                codec.MAXIMUM_PACKET_SIZE: s.max_packet_size,
             }
+            if s.max_packet_size is not None:
+                # A broker drops, unseen, what exceeds it (MQTT 5 3.1.2.25): opt-in only.
+                properties[codec.MAXIMUM_PACKET_SIZE] = s.max_packet_size
         sock.sendall(
             codec.encode_connect(
                 s.client_id,
@@ -246,12 +264,13 @@ class IntakeClient:
                 properties=properties,
             )
         )
-        decoder = codec.Decoder(s.version, s.max_packet_size)
+        limit = s.max_packet_size or codec.MAX_REMAINING_LENGTH + 5  # 5: the fixed header
+        decoder = codec.Decoder(s.version, limit)
         early: list[codec.Publish] = []
         connack = self._await(sock, decoder, codec.Connack, early)
         assert isinstance(connack, codec.Connack)
         if connack.reason:
-            raise BrokerError(f"connect refused: {reason_text(CONNACK_REASONS, connack.reason)}")
+            raise _Refused(f"connect refused: {reason_text(CONNACK_REASONS, connack.reason)}")
         self._connected(connack)
         sock.sendall(codec.encode_subscribe(1, [(f, 1) for f in self._filters], version=s.version))
         suback = self._await(sock, decoder, codec.Suback, early)

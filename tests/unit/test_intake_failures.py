@@ -11,9 +11,9 @@ import structlog
 from structlog.testing import capture_logs
 
 from bridge.config import Config
-from bridge.mqtt import InboundMessage
 from bridge.pipeline import Outcome
 from bridge.runtime import Bridge
+from bridge.testing import FakeConnection
 
 TOPIC = "acme/proj_42/v1-business-model-customer"
 PHONE = "13800138000"
@@ -43,11 +43,6 @@ def payload(customer_id: str) -> bytes:
     return json.dumps(document).encode()
 
 
-def message(customer_id: str) -> InboundMessage:
-    """A QoS 0 message as the MQTT client hands it to the intake."""
-    return InboundMessage(TOPIC, payload(customer_id), 0, 0, 0, 0)
-
-
 @pytest.fixture
 def bridge(tmp_path: Path) -> Iterator[Bridge]:
     """A bridge with a jsonl sink, not connected (the intake is driven by the test)."""
@@ -58,7 +53,8 @@ def bridge(tmp_path: Path) -> Iterator[Bridge]:
             "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
         }
     )
-    made = Bridge(config, structlog.get_logger("test"))
+    made = Bridge(config, structlog.get_logger("test"), connection=FakeConnection.of)
+    made.intake.attach(made.connection)
     try:
         yield made
     finally:
@@ -82,7 +78,11 @@ def test_a_message_the_pipeline_fails_on_is_kept_raw_and_the_rest_go_on(
     monkeypatch.setattr(bridge.pipeline, "process", buggy)
 
     with capture_logs() as logs:
-        bridge.intake([message("good-1"), message("bad"), message("good-2")])
+        fake = bridge.connection
+        assert isinstance(fake, FakeConnection)
+        fake.reconnect()
+        batch = [fake.message(TOPIC, payload(c), qos=0) for c in ("good-1", "bad", "good-2")]
+        bridge.intake.process(batch)
 
     (letter,) = bridge.spool.dead_letters()
     assert letter.kind == "payload"

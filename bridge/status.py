@@ -1,0 +1,198 @@
+"""The one place that counts what the bridge did: summary, Prometheus, progress line, STATUS.
+
+The intake reports each message it finished here, the delivery side each give-up alarm; the
+final summary, the `progress` log line, the metrics and the sd_notify STATUS text all read
+these counters, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from bridge.metrics import Metrics, field_label
+from bridge.pipeline import Disposition, Outcome
+from bridge.sdnotify import Notifier
+from bridge.spool import NewRow
+
+
+@dataclass
+class Stats:
+    """Counters of what the bridge has done since it started."""
+
+    received: int = 0
+    forwarded: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    alarms: Counter[str] = field(default_factory=Counter)
+    ignored: Counter[str] = field(default_factory=Counter)
+    unacked: int = 0
+    left_for_redelivery: int = 0
+    failed: int = 0
+    """Messages the bridge failed on by its own bug (kept raw in the dead letters)."""
+
+
+def status_of_row(row: NewRow) -> str:
+    """The status of the alarm an outbox row carries."""
+    events = json.loads(row.body)["payload"]["events"]
+    return str(next(iter(events.values()))["status"])
+
+
+class Status:
+    """Counts, logs each finished message, and tells systemd and the progress line."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        notifier: Notifier,
+        logger: structlog.typing.FilteringBoundLogger,
+        *,
+        pending: Callable[[], int],
+        subscribed: Callable[[], bool],
+    ) -> None:
+        self.stats = Stats()
+        self.metrics = metrics
+        self.spool_writable = True
+        self.backpressure = False
+        self._notifier = notifier
+        self._log = logger
+        self._pending = pending
+        self._subscribed = subscribed
+        self._lock = threading.Lock()  # give-up alarms are counted from the workers' threads
+        self._received_by: dict[str, Any] = {}
+        self._text = ""
+        self._last_progress = time.monotonic()
+        self._progress_received = 0
+
+    def taken(self, count: int) -> None:
+        """`count` messages entered the intake."""
+        self.stats.received += count
+
+    def unacked(self, count: int) -> None:
+        """`count` messages were stored (or not) but could not be acknowledged."""
+        self.stats.unacked += count
+
+    def left_for_redelivery(self) -> None:
+        """A message arrived while stopping; the broker sends it again next time."""
+        self.stats.left_for_redelivery += 1
+
+    def finished(self, outcome: Outcome, *, duplicate: bool, acked: bool, elapsed: float) -> None:
+        """Count one message the intake stored and acknowledged (`elapsed` seconds after it
+        was received), and log it."""
+        self.metrics.latency.observe(elapsed)
+        disposition = "duplicate" if duplicate else str(outcome.disposition)
+        received = self._received_by.get(disposition)
+        if received is None:  # labels() takes a lock and a lookup: once per disposition
+            received = self._received_by[disposition] = self.metrics.received.labels(
+                disposition=disposition
+            )
+        received.inc()
+        stats, log = self.stats, self._log
+        topic, msg_id = outcome.topic, outcome.msg_id
+        if outcome.disposition is Disposition.FAILED:
+            stats.failed += 1
+            return  # logged at error, and kept in the dead letters, by the intake
+        if outcome.disposition is not Disposition.PROCESSED:
+            stats.ignored[outcome.disposition] += 1
+            log.debug(
+                "ignored", topic=topic, msg_id=msg_id, outcome=str(outcome.disposition), acked=acked
+            )
+            return
+        if duplicate:
+            self.metrics.duplicates.inc()
+            stats.duplicates += 1
+            log.info("duplicate", topic=topic, msg_id=msg_id, acked=acked)
+            return
+        stats.forwarded += len(outcome.forward)
+        stats.rejected += outcome.rejected
+        with self._lock:
+            for alarm in outcome.alarms:
+                stats.alarms[alarm.status] += 1
+        for alarm in outcome.alarms:
+            self.metrics.alarms.labels(status=alarm.status, code=str(alarm.code)).inc()
+        for error in outcome.errors:
+            self.metrics.rejections.labels(field=field_label(error.field)).inc()
+        # Every message at debug; at info only those that raised an alarm: a line per message
+        # at thousands a second would cost more than validating it, and journald's rate limit
+        # (10,000 lines per 30 s by default) would drop most of them. `progress` counts the rest.
+        emit = log.info if outcome.alarms else log.debug
+        emit(
+            "message",
+            topic=topic,
+            msg_id=msg_id,
+            ops=list(outcome.ops),
+            forwarded=len(outcome.forward),
+            rejected=outcome.rejected,
+            alarms=[a.status for a in outcome.alarms],
+            outcome="alarmed" if outcome.alarms else "forwarded",
+            acked=acked,
+            duration_ms=round(elapsed * 1000, 2),
+        )
+
+    def gave_up(self, rows: list[NewRow]) -> None:
+        """Count the code-502 alarms of records a sink gave up on."""
+        statuses = [status_of_row(row) for row in rows]
+        with self._lock:
+            for status in statuses:
+                self.stats.alarms[status] += 1
+        for status in statuses:
+            self.metrics.alarms.labels(status=status, code="502").inc()
+
+    def summary(self, delivered: dict[str, int]) -> dict[str, object]:
+        """The counters, for the final log line and the demo."""
+        stats = self.stats
+        return {
+            "received": stats.received,
+            "forwarded": stats.forwarded,
+            "rejected": stats.rejected,
+            "duplicates": stats.duplicates,
+            "alarms": dict(stats.alarms),
+            "ignored": dict(stats.ignored),
+            "unacked": stats.unacked,
+            "left_for_redelivery": stats.left_for_redelivery,
+            "failed": stats.failed,
+            "delivered": delivered,
+        }
+
+    def progress(self, interval: float) -> None:
+        """Log a `progress` line every `interval` seconds while messages come in."""
+        now = time.monotonic()
+        if now - self._last_progress < interval:
+            return
+        self._last_progress = now
+        stats = self.stats
+        if stats.received != self._progress_received:
+            self._progress_received = stats.received
+            self._log.info(
+                "progress",
+                received=stats.received,
+                forwarded=stats.forwarded,
+                rejected=stats.rejected,
+                duplicates=stats.duplicates,
+                alarms=sum(stats.alarms.values()),
+                spool_pending=self._pending(),
+            )
+
+    def text(self) -> str:
+        """The one-line state systemd shows (`systemctl status`)."""
+        if not self.spool_writable:
+            return "spool not writable; nothing is acknowledged"
+        if self.backpressure:
+            return f"back-pressure: spool full ({self._pending()} rows)"
+        if self._subscribed():
+            return f"subscribed; {self.stats.received} messages, {self._pending()} pending"
+        return "connecting to the broker"
+
+    def notify(self) -> None:
+        """Send STATUS= to systemd when the text changed."""
+        text = self.text()
+        if text != self._text:
+            self._text = text
+            self._notifier.status(text)

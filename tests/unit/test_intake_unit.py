@@ -1,0 +1,265 @@
+"""The intake's ack discipline, in-process: store, then ack, in receive order (SPEC 6)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+import structlog
+
+from bridge.config import Config
+from bridge.plan import dedup_key
+from bridge.runtime import Bridge
+from bridge.spool import Spool, SpoolError
+from bridge.testing import FakeConnection
+
+TOPIC = "acme/proj_42/v1-business-model-customer"
+
+
+def payload(customer_id: str, msg_id: str | None = None, *, phone: str = "13800138000") -> bytes:
+    """A valid add envelope of one customer."""
+    document = {
+        "reportTs": 1661154622,
+        "msgId": msg_id or f"m-{customer_id}",
+        "profile": {"poiCode": "s0140001", "appType": "customer", "modelId": 140001},
+        "events": {
+            "add": {
+                "eventTs": 1661154622000,
+                "eventType": 1,
+                "customerList": [
+                    {
+                        "id": customer_id,
+                        "projectId": "1117745722292428800",
+                        "name": "张三",
+                        "phone": phone,
+                    }
+                ],
+            }
+        },
+    }
+    return json.dumps(document).encode()
+
+
+def make_bridge(tmp_path: Path, **spool: object) -> Bridge:
+    """A bridge whose broker connection is a FakeConnection; a webhook sink (never reached:
+    its rows stay in the outbox, where the test can count them)."""
+    config = Config.model_validate(
+        {
+            "spool": {"path": str(tmp_path / "spool.db"), "synchronous": "NORMAL", **spool},
+            "health": {"enabled": False},
+            "sinks": [{"type": "webhook", "name": "hook", "url": "http://127.0.0.1:9/x"}],
+        }
+    )
+    return Bridge(config, structlog.get_logger("test"), connection=FakeConnection.of)
+
+
+@pytest.fixture
+def bridge(tmp_path: Path) -> Iterator[Bridge]:
+    """A bridge not started: the test drives `intake.process` itself."""
+    made = make_bridge(tmp_path)
+    made.intake.attach(made.connection)
+    fake(made).reconnect()
+    try:
+        yield made
+    finally:
+        for target in made.targets:
+            target.sink.close()
+        made.spool.close()
+
+
+def fake(bridge: Bridge) -> FakeConnection:
+    """The bridge's broker connection, which these tests always make a fake."""
+    connection = bridge.connection
+    assert isinstance(connection, FakeConnection)
+    return connection
+
+
+def stored(path: Path, keys: Sequence[str]) -> set[str]:
+    """Which of `keys` a second connection to the spool file sees as committed."""
+    other = Spool(path)
+    try:
+        return other.seen(keys)
+    finally:
+        other.close()
+
+
+def test_acks_go_out_only_after_the_commit(bridge: Bridge, tmp_path: Path) -> None:
+    """At the moment the intake acknowledges, another process already sees the batch stored."""
+    connection = fake(bridge)
+    keys = [dedup_key(f"m-c{i}", TOPIC, b"") for i in range(3)]
+    seen_at_ack: list[set[str]] = []
+    connection.on_ack = lambda _g, _ids: seen_at_ack.append(stored(tmp_path / "spool.db", keys))
+
+    bridge.intake.process([connection.message(TOPIC, payload(f"c{i}")) for i in range(3)])
+
+    assert seen_at_ack == [set(keys)]
+    assert connection.acks == [(1, [1, 2, 3])]
+
+
+def test_acks_keep_receive_order_in_one_write(bridge: Bridge) -> None:
+    """A group is acknowledged once, its packet ids in the order they arrived."""
+    connection = fake(bridge)
+    messages = [connection.message(TOPIC, payload(f"c{i}")) for i in range(50)]
+
+    bridge.intake.process(messages)
+
+    assert connection.acks == [(1, list(range(1, 51)))]
+    assert bridge.spool.targets() == {"hook": 50}
+
+
+def test_nothing_is_acked_on_a_stale_connection(bridge: Bridge) -> None:
+    """Messages of a connection that has since dropped are neither stored nor acknowledged:
+    their packet ids mean something else on the new connection, and the broker resends them."""
+    connection = fake(bridge)
+    old = [connection.message(TOPIC, payload(f"c{i}")) for i in range(3)]
+    connection.drop()
+    connection.reconnect()
+
+    bridge.intake.process(old)
+
+    assert connection.acks == []
+    assert connection.refused_acks == []
+    assert bridge.spool.pending == 0
+    assert bridge.stats.received == 0
+
+
+def test_a_connection_lost_during_the_commit_leaves_the_batch_unacked(bridge: Bridge) -> None:
+    """Stored but the connection dropped before the ack: counted unacked; the redelivery is
+    then a duplicate, acknowledged without a second store."""
+    connection = fake(bridge)
+    first = connection.message(TOPIC, payload("c1"))
+    connection.on_ack = lambda _g, _ids: connection.drop()
+
+    bridge.intake.process([first])
+
+    assert connection.acks == []
+    assert bridge.stats.unacked == 1
+    connection.on_ack = None
+    connection.reconnect()
+    bridge.intake.process([connection.message(TOPIC, payload("c1"))])
+    assert connection.acks == [(2, [1])]
+    assert bridge.spool.pending == 1
+    assert bridge.stats.duplicates == 1
+
+
+def test_duplicates_are_acked_without_a_second_store(bridge: Bridge) -> None:
+    """A message seen before (same msgId) is acknowledged, counted, and stores nothing."""
+    connection = fake(bridge)
+    bridge.intake.process([connection.message(TOPIC, payload("c1", "same"))])
+    before = bridge.spool.pending
+
+    bridge.intake.process(
+        [
+            connection.message(TOPIC, payload("c1", "same")),
+            connection.message(TOPIC, payload("c2", "other")),
+            connection.message(TOPIC, payload("c2", "other")),
+        ]
+    )
+
+    assert connection.acked == [1, 2, 3, 4]
+    assert bridge.spool.pending == before + 1
+    assert bridge.stats.duplicates == 2
+
+
+def test_a_failing_spool_write_acks_nothing_and_retries(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spool refuses twice (disk trouble): no ack meanwhile; the third try commits, then
+    the batch is acknowledged, once."""
+    connection = fake(bridge)
+    real = bridge.spool.store
+    failures = [SpoolError("disk I/O error"), SpoolError("disk I/O error")]
+    acks_during_failure: list[int] = []
+
+    def flaky(*args: object, **kwargs: object) -> None:
+        if failures:
+            acks_during_failure.append(len(connection.acks))
+            raise failures.pop(0)
+        real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bridge.spool, "store", flaky)
+
+    bridge.intake.process([connection.message(TOPIC, payload("c1"))])
+
+    assert acks_during_failure == [0, 0]
+    assert connection.acks == [(1, [1])]
+    assert bridge.status.spool_writable is True
+    assert bridge.spool.pending == 1
+
+
+def test_stop_while_the_spool_fails_acks_nothing(tmp_path: Path) -> None:
+    """A stop during a spool outage gives up the batch unacknowledged (the broker keeps it),
+    and what arrives after the stop is left for redelivery."""
+    made = make_bridge(tmp_path)
+    connection = fake(made)
+    trying = threading.Event()
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        trying.set()
+        raise SpoolError("disk I/O error")
+
+    made.spool.store = broken  # type: ignore[method-assign]
+    made.intake.start(connection)
+    try:
+        connection.deliver(connection.message(TOPIC, payload("c1")))
+        assert trying.wait(10)
+        made.intake.stop(10)
+        connection.deliver(connection.message(TOPIC, payload("c2")))
+    finally:
+        for target in made.targets:
+            target.sink.close()
+        made.spool.close()
+
+    assert connection.acks == []
+    assert made.stats.unacked == 1
+    assert made.stats.left_for_redelivery == 1
+
+
+def test_the_intake_thread_groups_what_arrived_meanwhile(tmp_path: Path) -> None:
+    """Reads that arrive while a commit runs are stored together and acked in order, the
+    group never larger than `spool.intake_batch`."""
+    made = make_bridge(tmp_path, intake_batch=7)
+    connection = fake(made)
+    groups: list[int] = []
+    real = made.spool.store
+    gate = threading.Event()
+
+    def slow(rows: object, keys: Sequence[str], raws: object) -> None:
+        gate.wait(10)  # the first commit waits until every read has arrived
+        groups.append(len(keys))
+        real(rows, keys, raws)  # type: ignore[arg-type]
+
+    made.spool.store = slow  # type: ignore[method-assign]
+    made.intake.start(connection)
+    try:
+        for i in range(20):
+            connection.deliver(connection.message(TOPIC, payload(f"c{i}")))
+        gate.set()
+        deadline = time.monotonic() + 10
+        while len(connection.acked) < 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        made.intake.stop(10)
+    finally:
+        for target in made.targets:
+            target.sink.close()
+        made.spool.close()
+
+    assert connection.acked == list(range(1, 21))
+    assert sum(groups) == 20
+    assert max(groups) <= 7
+    assert len(groups) <= 4  # 1 (taken before the gate opened) + 19 in groups of up to 7
+
+
+def test_qos0_messages_are_stored_and_need_no_ack(bridge: Bridge) -> None:
+    """QoS 0 carries no packet id: stored like the others, nothing to acknowledge."""
+    connection = fake(bridge)
+
+    bridge.intake.process([connection.message(TOPIC, payload("c1"), qos=0)])
+
+    assert connection.acks == []
+    assert bridge.spool.pending == 1
+    assert bridge.stats.unacked == 0
