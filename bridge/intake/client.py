@@ -136,6 +136,8 @@ class IntakeClient:
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self.sessions_lost = 0
+        self.receive_maximum_exceeded = 0
+        self._exceeded = False
         self.in_flight = 0
         self.last_failure: str | None = None
 
@@ -288,6 +290,7 @@ class IntakeClient:
         with self._lock:
             self._generation += 1
             self.connected.set()
+        self._exceeded = False
         self.last_failure = None
         if self._ever_connected and not connack.session_present:
             # The broker lost our session: what it had queued for us while we were away is gone.
@@ -345,11 +348,17 @@ class IntakeClient:
             if p.qos:
                 self.in_flight += 1
             batch.append(InboundMessage(p.topic, p.payload, p.packet_id, p.qos, generation, now))
-        if self.in_flight > self._settings.receive_maximum:
-            raise codec.ProtocolError(
-                f"{self.in_flight} unacknowledged messages exceed receive maximum "
-                f"{self._settings.receive_maximum}",
-                0x93,
+        if self.in_flight > self._settings.receive_maximum and not self._exceeded:
+            # MQTT 5 lets a client disconnect here (0x93), but mosquitto 2.0 does exceed the
+            # window when it resends a resumed session's queue: disconnecting would only bring
+            # the same flood back, forever. What arrives is taken (the intake's bounded queue
+            # holds the socket back) and the broker is named, once per connection.
+            self._exceeded = True
+            self.receive_maximum_exceeded += 1
+            self._log.warning(
+                "receive_maximum_exceeded",
+                in_flight=self.in_flight,
+                receive_maximum=self._settings.receive_maximum,
             )
         self._on_batch(batch)
 
