@@ -104,6 +104,11 @@ def event_row(target: str, event: DownstreamEvent) -> NewRow:
     return NewRow(target, ordering_key(event), encode_event(event))
 
 
+def takes_json(sink: Sink) -> bool:
+    """Whether `sink` takes events as their encoded JSON (`send_json`), sparing the decode."""
+    return callable(getattr(sink, "send_json", None))
+
+
 def hand_over(
     sink: Sink, events: Sequence[DownstreamEvent], bodies: Sequence[str]
 ) -> Refused | None:
@@ -113,12 +118,21 @@ def hand_over(
     return answer if isinstance(answer, Refused) else None
 
 
-def alarm_row(alarm: alarms.Alarm) -> NewRow:
-    """The outbox row of an alarm; alarms keep one order among themselves."""
-    body = json.dumps(
+def alarm_body(alarm: alarms.Alarm) -> str:
+    """An alarm as the alarm outbox keeps it: its topic and its envelope."""
+    return json.dumps(
         {"topic": alarm.topic, "payload": alarm.payload}, ensure_ascii=False, separators=(",", ":")
     )
+
+
+def alarm_outbox_row(body: str) -> NewRow:
+    """The outbox row of an encoded alarm; alarms keep one order among themselves."""
     return NewRow(ALARMS, "", body)
+
+
+def alarm_row(alarm: alarms.Alarm) -> NewRow:
+    """The outbox row of an alarm."""
+    return alarm_outbox_row(alarm_body(alarm))
 
 
 class Worker:
@@ -364,12 +378,12 @@ def sink_sender(
     sink: Sink, lock: threading.Lock | None = None
 ) -> Callable[[Sequence[Row]], Refused | None]:
     """Hand rows to a sink: as their stored JSON to a sink that takes it, else as events."""
-    takes_json = callable(getattr(sink, "send_json", None))
+    json_only = takes_json(sink)
     guard = lock or threading.Lock()
 
     def send(rows: Sequence[Row]) -> Refused | None:
         # Rows are decoded into events only for a sink that wants events.
-        events = [] if takes_json else [DownstreamEvent.from_dict(row.decoded()) for row in rows]
+        events = [] if json_only else [DownstreamEvent.from_dict(row.decoded()) for row in rows]
         with guard:
             return hand_over(sink, events, [row.body for row in rows])
 

@@ -27,6 +27,7 @@ from bridge.health import HealthServer
 from bridge.intake import connection as intake_connection
 from bridge.intake.connection import BrokerConnection
 from bridge.intake.unit import Intake
+from bridge.intake.workers import DigestPool, default_processes
 from bridge.metrics import Metrics
 from bridge.mqtt import Publisher
 from bridge.pipeline import Pipeline
@@ -103,6 +104,10 @@ class Bridge:
                 beat=self._beat_for(ALARMS),
             )
         )
+        processes = config.validation.workers
+        if processes == "auto":
+            processes = default_processes()
+        self.pool = DigestPool(processes, config) if processes else None
         self.intake = Intake(
             self.spool,
             self.pipeline,
@@ -114,6 +119,7 @@ class Bridge:
             max_pending=spool.max_pending,
             queue_limit=config.broker.receive_maximum + spool.intake_batch,
             beat=functools.partial(self.watchdog.beat, "intake"),
+            pool=self.pool,
         )
         if connection is None:
             self.connection: BrokerConnection = intake_connection.connect(
@@ -159,6 +165,8 @@ class Bridge:
         for worker in self.workers:
             worker.start()
         self.publisher.start()
+        if self.pool is not None:
+            self.log.info("workers_started", pids=self.pool.warm())
         self.intake.start(self.connection)
         self.watchdog.start()
         threading.Thread(target=self._announce_ready, name="bridge-ready", daemon=True).start()
@@ -205,6 +213,8 @@ class Bridge:
         self.watchdog.stop()
         self.log.info("stopping", queued=self.intake.queued, spool_pending=self.spool.pending)
         self.intake.stop(drain_timeout)
+        if self.pool is not None:
+            self.pool.close()
         for worker in self.workers:
             worker.stop()
         for worker in self.workers:

@@ -8,6 +8,7 @@ these counters, so they cannot disagree.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import Counter
@@ -17,8 +18,9 @@ from typing import Any
 
 import structlog
 
+from bridge.digest import Digest
 from bridge.metrics import Metrics, field_label
-from bridge.pipeline import Disposition, Outcome
+from bridge.pipeline import Disposition
 from bridge.sdnotify import Notifier
 from bridge.spool import NewRow
 
@@ -67,6 +69,8 @@ class Status:
         self._subscribed = subscribed
         self._lock = threading.Lock()  # give-up alarms are counted from the workers' threads
         self._received_by: dict[str, Any] = {}
+        # A debug line per message costs as much as validating it: built only when it shows.
+        self._debug = logger.is_enabled_for(logging.DEBUG)
         self._text = ""
         self._last_progress = time.monotonic()
         self._progress_received = 0
@@ -83,11 +87,11 @@ class Status:
         """A message arrived while stopping; the broker sends it again next time."""
         self.stats.left_for_redelivery += 1
 
-    def finished(self, outcome: Outcome, *, duplicate: bool, acked: bool, elapsed: float) -> None:
+    def finished(self, item: Digest, *, duplicate: bool, acked: bool, elapsed: float) -> None:
         """Count one message the intake stored and acknowledged (`elapsed` seconds after it
         was received), and log it."""
         self.metrics.latency.observe(elapsed)
-        disposition = "duplicate" if duplicate else str(outcome.disposition)
+        disposition = "duplicate" if duplicate else item.disposition
         received = self._received_by.get(disposition)
         if received is None:  # labels() takes a lock and a lookup: once per disposition
             received = self._received_by[disposition] = self.metrics.received.labels(
@@ -95,43 +99,47 @@ class Status:
             )
         received.inc()
         stats, log = self.stats, self._log
-        topic, msg_id = outcome.topic, outcome.msg_id
-        if outcome.disposition is Disposition.FAILED:
+        topic, msg_id = item.topic, item.msg_id
+        if item.disposition == Disposition.FAILED:
             stats.failed += 1
             return  # logged at error, and kept in the dead letters, by the intake
-        if outcome.disposition is not Disposition.PROCESSED:
-            stats.ignored[outcome.disposition] += 1
-            log.debug(
-                "ignored", topic=topic, msg_id=msg_id, outcome=str(outcome.disposition), acked=acked
-            )
+        if not item.processed:
+            stats.ignored[item.disposition] += 1
+            log.debug("ignored", topic=topic, msg_id=msg_id, outcome=item.disposition, acked=acked)
             return
         if duplicate:
             self.metrics.duplicates.inc()
             stats.duplicates += 1
             log.info("duplicate", topic=topic, msg_id=msg_id, acked=acked)
             return
-        stats.forwarded += len(outcome.forward)
-        stats.rejected += outcome.rejected
-        with self._lock:
-            for alarm in outcome.alarms:
-                stats.alarms[alarm.status] += 1
-        for alarm in outcome.alarms:
-            self.metrics.alarms.labels(status=alarm.status, code=str(alarm.code)).inc()
-        for error in outcome.errors:
-            self.metrics.rejections.labels(field=field_label(error.field)).inc()
+        stats.forwarded += len(item.forward)
+        stats.rejected += item.rejected
+        if item.alarms:
+            with self._lock:
+                for status, _code in item.alarms:
+                    stats.alarms[status] += 1
+            for status, code in item.alarms:
+                self.metrics.alarms.labels(status=status, code=str(code)).inc()
+        for path in item.error_fields:
+            self.metrics.rejections.labels(field=field_label(path)).inc()
         # Every message at debug; at info only those that raised an alarm: a line per message
         # at thousands a second would cost more than validating it, and journald's rate limit
         # (10,000 lines per 30 s by default) would drop most of them. `progress` counts the rest.
-        emit = log.info if outcome.alarms else log.debug
+        if item.alarms:
+            emit = log.info
+        elif self._debug:
+            emit = log.debug
+        else:
+            return
         emit(
             "message",
             topic=topic,
             msg_id=msg_id,
-            ops=list(outcome.ops),
-            forwarded=len(outcome.forward),
-            rejected=outcome.rejected,
-            alarms=[a.status for a in outcome.alarms],
-            outcome="alarmed" if outcome.alarms else "forwarded",
+            ops=list(item.ops),
+            forwarded=len(item.forward),
+            rejected=item.rejected,
+            alarms=[status for status, _code in item.alarms],
+            outcome="alarmed" if item.alarms else "forwarded",
             acked=acked,
             duration_ms=round(elapsed * 1000, 2),
         )

@@ -20,13 +20,14 @@ from collections.abc import Callable, Iterator, Sequence
 
 import structlog
 
-from bridge.delivery import Target, hand_over, ordering_key
+from bridge.delivery import Target, hand_over, takes_json
+from bridge.digest import Digest, Forward
 from bridge.errors import Partial, SinkError
-from bridge.events import DownstreamEvent
 from bridge.intake.connection import BrokerConnection
 from bridge.intake.message import InboundMessage
-from bridge.pipeline import Disposition, Outcome, Pipeline
-from bridge.plan import Destination, Received, plan
+from bridge.intake.workers import BrokenProcessPool, DigestPool, digest_message
+from bridge.pipeline import Pipeline
+from bridge.plan import Destination, plan
 from bridge.spool import NewRow, Spool, SpoolError
 from bridge.status import Status
 
@@ -53,6 +54,8 @@ class Intake:
         max_pending: int,
         queue_limit: int,
         beat: Callable[[], None] = lambda: None,
+        pool: DigestPool | None = None,
+        pool_threshold: int = 16,
     ) -> None:
         self.connection: BrokerConnection | None = None
         self.stopping = threading.Event()  # take no more, give up waiting for room
@@ -66,6 +69,8 @@ class Intake:
         self._max_pending = max_pending
         self._queue_limit = queue_limit
         self._beat = beat
+        self._pool = pool
+        self._pool_threshold = pool_threshold  # below it, a hand-off costs more than the work
         self._queue: collections.deque[InboundMessage] = collections.deque()
         self._ready = threading.Condition()
         self._lock = threading.Lock()
@@ -168,16 +173,17 @@ class Intake:
     def process(self, batch: Sequence[InboundMessage]) -> None:
         """Validate a group, store it in one transaction, then acknowledge it in order."""
         connection = self.connection
-        assert connection is not None, "start() first"
+        assert connection is not None, "attach() or start() first"
         generation = connection.generation
         # Taken on a connection that has since dropped: the broker sends it again.
         current = [m for m in batch if m.generation == generation]
         if not current:
             return
         self._status.taken(len(current))
-        received = [Received.of(self._outcome(m), m.payload) for m in current]
+        payloads = [m.payload for m in current]
+        digests = self._digest([(m.topic, m.payload) for m in current])
         spool = self._spool
-        seen = spool.seen(r.key for r in received if r.key is not None)
+        seen = spool.seen(d.key for d in digests if d.key is not None)
         targets = {t.sink.name: t for t in self._targets()}
         # A caught-up local sink takes the group's events here, before the commit (so a crash
         # in between can only repeat them); the others, and what it refuses, go to the spool.
@@ -189,11 +195,11 @@ class Intake:
             if t.direct and not spool.has_pending(name) and not spool.has_dead(name)
         }
         destinations = [Destination(name, t.route) for name, t in targets.items()]
-        planned = plan(received, seen, destinations, caught_up)
+        planned = plan(digests, payloads, seen, destinations, caught_up)
         rows = planned.rows
-        for name, items in planned.direct.items():
-            if items:
-                rows.extend(self._deliver_direct(targets[name], items))
+        for name, records in planned.direct.items():
+            if records:
+                rows.extend(self._deliver_direct(targets[name], records))
         if planned.writes and not self._store(rows, planned.keys, planned.raws):
             self._status.unacked(len(current))
             return
@@ -202,61 +208,52 @@ class Intake:
         if not acked:
             self._status.unacked(len(ids))
         now = time.monotonic_ns()
-        for index, (message, item) in enumerate(zip(current, received, strict=True)):
+        for index, (message, item) in enumerate(zip(current, digests, strict=True)):
             self._status.finished(
-                item.outcome,
+                item,
                 duplicate=index in planned.duplicates,
                 acked=acked or not message.qos,
                 elapsed=(now - message.received_ns) / 1e9,
             )
 
-    def _outcome(self, message: InboundMessage) -> Outcome:
-        if message.topic is None:
-            return Outcome("", Disposition.UNRECOGNISED)
-        try:
-            return self._pipeline.process(message.topic, message.payload)
-        except Exception as exc:  # noqa: BLE001 - a bug in validation must not crash-loop
-            # The traceback's text may quote the payload (personal data): its type and place.
-            frame = exc.__traceback__
-            while frame is not None and frame.tb_next is not None:
-                frame = frame.tb_next
-            where = f"{frame.tb_frame.f_code.co_filename}:{frame.tb_lineno}" if frame else "?"
-            self._log.error(
-                "pipeline_failed",
-                topic=message.topic,
-                error=type(exc).__name__,
-                where=where,
-                kept="dead letters",
-            )
-            return Outcome(message.topic, Disposition.FAILED)
+    def _digest(self, items: list[tuple[str | None, bytes]]) -> list[Digest]:
+        pool = self._pool
+        if pool is not None and len(items) >= self._pool_threshold:
+            try:
+                return pool.digest(items)
+            except BrokenProcessPool:
+                # Nothing of this group was stored or acknowledged: it is digested here instead.
+                self._log.error("digest_worker_died", messages=len(items), restarts=pool.restarts)
+                pool.restart()
+        return [digest_message(self._pipeline, self._log, t, p) for t, p in items]
 
-    def _deliver_direct(
-        self, target: Target, items: list[tuple[DownstreamEvent, str]]
-    ) -> list[NewRow]:
-        """Hand events to a caught-up local sink; return the rows of what it did not take."""
-        name = target.sink.name
+    def _deliver_direct(self, target: Target, records: list[Forward]) -> list[NewRow]:
+        """Hand records to a caught-up local sink; return the rows of what it did not take."""
+        sink = target.sink
+        name = sink.name
         taken = 0
         refused: set[int] = set()
         try:
+            events = [] if takes_json(sink) else [r.event() for r in records]
             with target.lock:
                 try:
-                    answer = hand_over(target.sink, [e for e, _ in items], [b for _, b in items])
+                    answer = hand_over(sink, events, [r.body for r in records])
                 except Partial as partial:
                     taken = partial.taken
                     raise partial.cause from None
             # What it refused goes through the outbox, whose worker gives up on it.
             refused = set(answer.records) if answer is not None else set()
-            taken = len(items)
+            taken = len(records)
         except Exception as exc:  # noqa: BLE001 - whatever it was, the worker retries it
             reason = str(exc) if isinstance(exc, SinkError) else f"{type(exc).__name__} in sink"
             self._log.warning(
-                "sink_failed", sink=name, reason=reason, records=len(items) - taken, direct=True
+                "sink_failed", sink=name, reason=reason, records=len(records) - taken, direct=True
             )
         if taken - len(refused) > 0:
             self._taken_directly(name, taken - len(refused))
         return [
-            NewRow(name, ordering_key(event), body)
-            for index, (event, body) in enumerate(items)
+            NewRow(name, record.okey, record.body)
+            for index, record in enumerate(records)
             if index >= taken or index in refused
         ]
 

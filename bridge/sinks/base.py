@@ -17,6 +17,21 @@ from bridge.records import Op
 from bridge.topics import TopicKind
 
 
+class Routable(Protocol):
+    """What a route looks at: a `DownstreamEvent`, or a record digested for the intake."""
+
+    @property
+    def op(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def project_id(self) -> str: ...
+    @property
+    def vendor(self) -> str | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Refused:
     """What `send` returns when the downstream system answered record by record.
@@ -74,7 +89,7 @@ class Route(BaseModel):
     kinds: tuple[TopicKind, ...] | None = None
     vendors: tuple[str, ...] | None = None
 
-    def matches(self, event: DownstreamEvent) -> bool:
+    def matches(self, event: Routable) -> bool:
         """Whether this route lets `event` through."""
         return (
             (self.ops is None or event.op in self.ops)

@@ -50,6 +50,7 @@ def bridge(tmp_path: Path) -> Iterator[Bridge]:
         {
             "spool": {"path": str(tmp_path / "spool.db"), "synchronous": "NORMAL"},
             "health": {"enabled": False},
+            "validation": {"workers": 0},
             "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
         }
     )

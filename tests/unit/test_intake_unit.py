@@ -12,7 +12,7 @@ import pytest
 import structlog
 
 from bridge.config import Config
-from bridge.plan import dedup_key
+from bridge.digest import dedup_key
 from bridge.runtime import Bridge
 from bridge.spool import Spool, SpoolError
 from bridge.testing import FakeConnection
@@ -51,6 +51,7 @@ def make_bridge(tmp_path: Path, **spool: object) -> Bridge:
         {
             "spool": {"path": str(tmp_path / "spool.db"), "synchronous": "NORMAL", **spool},
             "health": {"enabled": False},
+            "validation": {"workers": 0},
             "sinks": [{"type": "webhook", "name": "hook", "url": "http://127.0.0.1:9/x"}],
         }
     )
@@ -233,7 +234,7 @@ def test_the_intake_thread_groups_what_arrived_meanwhile(tmp_path: Path) -> None
         groups.append(len(keys))
         real(rows, keys, raws)  # type: ignore[arg-type]
 
-    made.spool.store = slow  # type: ignore[method-assign]
+    made.spool.store = slow  # type: ignore[method-assign,assignment]
     made.intake.start(connection)
     try:
         for i in range(20):

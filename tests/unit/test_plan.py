@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 from bridge.config import Config
+from bridge.digest import FAILED_REASON, Digest, dedup_key, digest
 from bridge.pipeline import Disposition, Outcome, Pipeline
-from bridge.plan import FAILED_REASON, Destination, Received, dedup_key, plan
+from bridge.plan import Destination, Plan, plan
 from bridge.records import Op
 from bridge.sinks import Route
 from bridge.spool import ALARMS
@@ -37,9 +38,19 @@ def envelope(msg_id: str, *customers: str, op: str = "add", nameless: str = "") 
     return json.dumps(document).encode()
 
 
-def received(raw: bytes, topic: str = TOPIC) -> Received:
-    """A message with the outcome the pipeline gives it."""
-    return Received.of(PIPELINE.process(topic, raw), raw)
+def received(raw: bytes, topic: str = TOPIC) -> tuple[Digest, bytes]:
+    """The digest of what the pipeline makes of a message, with its payload."""
+    return digest(PIPELINE.process(topic, raw), raw), raw
+
+
+def planned(
+    batch: list[tuple[Digest, bytes]],
+    seen: set[str],
+    destinations: list[Destination],
+    caught_up: set[str],
+) -> Plan:
+    """`plan` over messages given as (digest, payload) pairs."""
+    return plan([d for d, _ in batch], [p for _, p in batch], seen, destinations, caught_up)
 
 
 EVERYTHING = Destination("hook", Route())
@@ -49,7 +60,7 @@ LOCAL = Destination("file", Route())
 
 def test_each_event_goes_to_every_destination_whose_route_matches() -> None:
     """Two customers, two sinks (one taking adds only): a row per event per sink, in order."""
-    result = plan([received(envelope("m1", "a", "b"))], set(), [EVERYTHING, ADDS_ONLY], set())
+    result = planned([received(envelope("m1", "a", "b"))], set(), [EVERYTHING, ADDS_ONLY], set())
 
     assert [(row.target, row.okey.split("\x1f")[-1]) for row in result.rows] == [
         ("hook", "a"),
@@ -64,12 +75,12 @@ def test_each_event_goes_to_every_destination_whose_route_matches() -> None:
 
 def test_a_caught_up_local_sink_gets_its_events_directly() -> None:
     """A caught-up sink's events are handed over, not stored; the others still get rows."""
-    result = plan([received(envelope("m1", "a"))], set(), [LOCAL, EVERYTHING], {"file"})
+    result = planned([received(envelope("m1", "a"))], set(), [LOCAL, EVERYTHING], {"file"})
 
     assert [row.target for row in result.rows] == ["hook"]
-    ((event, body),) = result.direct["file"]
-    assert event.customer_id == "a"
-    assert body == result.rows[0].body
+    (record,) = result.direct["file"]
+    assert record.event().customer_id == "a"
+    assert record.body == result.rows[0].body
 
 
 def test_repeats_in_the_batch_and_from_before_store_nothing() -> None:
@@ -80,7 +91,7 @@ def test_repeats_in_the_batch_and_from_before_store_nothing() -> None:
         received(envelope("new", "b")),
     ]
 
-    result = plan(batch, {"m:old"}, [EVERYTHING], set())
+    result = planned(batch, {"m:old"}, [EVERYTHING], set())
 
     assert result.duplicates == {0, 2}
     assert result.keys == ["m:new"]
@@ -90,7 +101,7 @@ def test_repeats_in_the_batch_and_from_before_store_nothing() -> None:
 def test_a_rejected_record_becomes_an_alarm_row_beside_the_valid_ones() -> None:
     """The alarm of a rejected record is an outbox row of the alarm target; its sibling
     goes on to the sink."""
-    result = plan([received(envelope("m1", "a", "b", nameless="b"))], set(), [EVERYTHING], set())
+    result = planned([received(envelope("m1", "a", "b", nameless="b"))], set(), [EVERYTHING], set())
 
     assert [row.target for row in result.rows] == ["hook", ALARMS]
     assert "add_error" in result.rows[1].body
@@ -100,7 +111,7 @@ def test_a_rejected_record_becomes_an_alarm_row_beside_the_valid_ones() -> None:
 def test_an_unreadable_payload_is_kept_raw_with_its_alarm() -> None:
     """Not JSON: an unknown_error alarm, the payload in the dead letters, its hash as key."""
     raw = b"{not json"
-    result = plan([received(raw)], set(), [EVERYTHING], set())
+    result = planned([received(raw)], set(), [EVERYTHING], set())
 
     assert [row.target for row in result.rows] == [ALARMS]
     assert [(topic, body) for topic, body, _reason in result.raws] == [(TOPIC, raw)]
@@ -109,9 +120,9 @@ def test_an_unreadable_payload_is_kept_raw_with_its_alarm() -> None:
 
 def test_a_message_the_pipeline_failed_on_is_kept_raw_without_a_key() -> None:
     """A bug: kept raw for a fixed version, no key, so its redelivery is not a duplicate."""
-    failed = Received.of(Outcome(TOPIC, Disposition.FAILED), b"{}")
+    failed = digest(Outcome(TOPIC, Disposition.FAILED), b"{}"), b"{}"
 
-    result = plan([failed], set(), [EVERYTHING], set())
+    result = planned([failed], set(), [EVERYTHING], set())
 
     assert result.raws == [(TOPIC, b"{}", FAILED_REASON)]
     assert (result.rows, result.keys) == ([], [])
@@ -120,7 +131,7 @@ def test_a_message_the_pipeline_failed_on_is_kept_raw_without_a_key() -> None:
 
 def test_an_ignored_message_plans_nothing() -> None:
     """A topic outside the subscription: nothing stored, nothing kept."""
-    result = plan([received(b"{}", "acme/other")], set(), [EVERYTHING], set())
+    result = planned([received(b"{}", "acme/other")], set(), [EVERYTHING], set())
 
     assert not result.writes
     assert result.duplicates == set()

@@ -1,0 +1,139 @@
+"""Worker processes for the pure core: each decodes, validates and encodes part of a group.
+
+The intake hands a group's messages to the workers in as many slices as there are workers
+(a hand-off per message would cost as much as the work) and gets back one `Digest` per
+message, in order; it then stores and acknowledges the group itself, so per-customer order
+and ack-after-commit hold exactly as in one process. A worker that dies breaks the pool: the
+intake digests that group itself, nothing of it stored or acknowledged before, and the pool
+starts afresh.
+
+Workers come from a fork server that has imported the core once, so a new worker costs a
+fork, not an interpreter start; they ignore SIGINT (a Ctrl-C reaches the whole process group,
+and the supervisor stops them in order).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import signal
+from collections.abc import Sequence
+from concurrent.futures.process import BrokenProcessPool
+
+import structlog
+
+from bridge import logs
+from bridge.config import Config, LoggingConfig, SubscriptionConfig, ValidationConfig
+from bridge.digest import Digest, digest
+from bridge.pipeline import Disposition, Outcome, Pipeline
+
+Item = tuple[str | None, bytes]
+
+_pipeline: Pipeline | None = None
+
+
+def digest_message(
+    pipeline: Pipeline,
+    logger: structlog.typing.FilteringBoundLogger,
+    topic: str | None,
+    payload: bytes,
+) -> Digest:
+    """The digest of one message; a bug in the core is logged and becomes `failed_in_bridge`."""
+    if topic is None:
+        return digest(Outcome("", Disposition.UNRECOGNISED), payload)
+    try:
+        outcome = pipeline.process(topic, payload)
+    except Exception as exc:  # noqa: BLE001 - a bug in validation must not crash-loop
+        # The traceback's text may quote the payload (personal data): its type and place.
+        frame = exc.__traceback__
+        while frame is not None and frame.tb_next is not None:
+            frame = frame.tb_next
+        where = f"{frame.tb_frame.f_code.co_filename}:{frame.tb_lineno}" if frame else "?"
+        logger.error(
+            "pipeline_failed",
+            topic=topic,
+            error=type(exc).__name__,
+            where=where,
+            kept="dead letters",
+        )
+        outcome = Outcome(topic, Disposition.FAILED)
+    return digest(outcome, payload)
+
+
+def _start(
+    validation: ValidationConfig, subscription: SubscriptionConfig, settings: LoggingConfig
+) -> None:
+    global _pipeline  # noqa: PLW0603 - one pipeline per worker process, built once
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logs.configure(settings.level, settings.format, redact_personal=settings.redact)
+    _pipeline = Pipeline(validation.rules(), subscription.selection())
+
+
+def _digest_slice(items: Sequence[Item]) -> list[Digest]:
+    pipeline = _pipeline
+    assert pipeline is not None, "the worker was not started by DigestPool"
+    logger = logs.get_logger(worker=os.getpid())
+    return [digest_message(pipeline, logger, topic, payload) for topic, payload in items]
+
+
+def _pid() -> int:
+    return os.getpid()
+
+
+def default_processes() -> int:
+    """Worker processes when the config says `auto`: one per core, none on a single core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores if cores and cores > 1 else 0
+
+
+class DigestPool:
+    """`processes` workers digesting slices of a group, in order."""
+
+    def __init__(self, processes: int, config: Config) -> None:
+        self.processes = processes
+        self._config = config
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(["bridge.intake.workers"])
+        self._executor = self._make()
+        self.restarts = 0
+
+    def _make(self) -> concurrent.futures.ProcessPoolExecutor:
+        return concurrent.futures.ProcessPoolExecutor(
+            self.processes,
+            mp_context=self._context,
+            initializer=_start,
+            initargs=(self._config.validation, self._config.subscription, self._config.logging),
+        )
+
+    def warm(self) -> list[int]:
+        """Start every worker now (not on the first group); their process ids."""
+        futures = [self._executor.submit(_pid) for _ in range(self.processes)]
+        return [future.result() for future in futures]
+
+    def pids(self) -> list[int]:
+        """The process ids of the workers running now."""
+        processes = getattr(self._executor, "_processes", None) or {}
+        return sorted(int(pid) for pid in processes)
+
+    def digest(self, items: Sequence[Item]) -> list[Digest]:
+        """The digests of `items`, in order. `BrokenProcessPool` when a worker died."""
+        size = -(-len(items) // self.processes)
+        futures = [
+            self._executor.submit(_digest_slice, items[start : start + size])
+            for start in range(0, len(items), size)
+        ]
+        return [d for future in futures for d in future.result()]
+
+    def restart(self) -> None:
+        """Replace a broken pool by a fresh one."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = self._make()
+        self.restarts += 1
+
+    def close(self) -> None:
+        """Stop the workers."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+__all__ = ["BrokenProcessPool", "DigestPool", "default_processes", "digest_message"]
