@@ -137,8 +137,28 @@ class Mosquitto:
         self.stop()
 
 
-def rss_mb(pid: int) -> float | None:
-    """Resident set size of a process in MiB (from /proc), None when it is gone."""
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process below it (the bridge's worker processes and their fork
+    server), read from /proc; the consumers' figures are those of the whole tree."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, ()))
+    return tree
+
+
+def _own_rss_mb(pid: int) -> float | None:
     try:
         with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
             for line in status:
@@ -149,15 +169,32 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds a process has used so far (from /proc)."""
+def rss_mb(pid: int) -> float | None:
+    """Resident set size of a process and its descendants in MiB (summed, so pages they
+    share are counted once per process), None when it is gone."""
+    own = _own_rss_mb(pid)
+    if own is None:
+        return None
+    return own + sum(_own_rss_mb(child) or 0.0 for child in process_tree(pid)[1:])
+
+
+def _own_cpu_seconds(pid: int) -> float | None:
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    # utime + stime, and those of children it has waited for (a worker that was replaced).
+    return (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / ticks
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a process and its descendants have used so far."""
+    own = _own_cpu_seconds(pid)
+    if own is None:
+        return None
+    return own + sum(_own_cpu_seconds(child) or 0.0 for child in process_tree(pid)[1:])
 
 
 def _host_jiffies() -> tuple[int, int]:

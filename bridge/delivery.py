@@ -23,6 +23,7 @@ import structlog
 
 from bridge import alarms
 from bridge.config import DeliveryConfig
+from bridge.encoding import alarm_body, encode_event, ordering_key
 from bridge.errors import BrokerError, Partial, PublishRefused, SinkError
 from bridge.events import DownstreamEvent
 from bridge.metrics import Metrics
@@ -87,18 +88,6 @@ def backoff(attempt: int, config: DeliveryConfig, rand: Callable[[], float]) -> 
     return ceiling * rand()
 
 
-def ordering_key(event: DownstreamEvent) -> str:
-    """The outbox ordering key of an event: tenant, project and customer id."""
-    # Unit separators cannot occur in a tenant (a topic segment), so the key is unambiguous
-    # for tenant and project; it is cheaper than encoding JSON for every record.
-    return "\x1f".join((event.tenant, event.project_id, event.customer_id))
-
-
-def encode_event(event: DownstreamEvent) -> str:
-    """An event as the compact JSON the spool keeps and the jsonl sink writes."""
-    return json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":"))
-
-
 def event_row(target: str, event: DownstreamEvent) -> NewRow:
     """The outbox row that carries `event` to `target`."""
     return NewRow(target, ordering_key(event), encode_event(event))
@@ -116,13 +105,6 @@ def hand_over(
     send_json = getattr(sink, "send_json", None)
     answer = send_json(bodies) if callable(send_json) else sink.send(events)
     return answer if isinstance(answer, Refused) else None
-
-
-def alarm_body(alarm: alarms.Alarm) -> str:
-    """An alarm as the alarm outbox keeps it: its topic and its envelope."""
-    return json.dumps(
-        {"topic": alarm.topic, "payload": alarm.payload}, ensure_ascii=False, separators=(",", ":")
-    )
 
 
 def alarm_outbox_row(body: str) -> NewRow:

@@ -13,7 +13,7 @@ import hashlib
 import json
 from typing import NamedTuple
 
-from bridge.delivery import alarm_body, encode_event, ordering_key
+from bridge.encoding import alarm_body, encode_event, ordering_key
 from bridge.events import DownstreamEvent
 from bridge.pipeline import Disposition, Outcome
 

@@ -20,13 +20,18 @@ import os
 import signal
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
+from typing import TYPE_CHECKING
 
 import structlog
 
 from bridge import logs
-from bridge.config import Config, LoggingConfig, SubscriptionConfig, ValidationConfig
 from bridge.digest import Digest, digest
 from bridge.pipeline import Disposition, Outcome, Pipeline
+from bridge.topics import Selection
+from bridge.validate import Rules
+
+if TYPE_CHECKING:
+    from bridge.config import Config
 
 Item = tuple[str | None, bytes]
 
@@ -61,13 +66,11 @@ def digest_message(
     return digest(outcome, payload)
 
 
-def _start(
-    validation: ValidationConfig, subscription: SubscriptionConfig, settings: LoggingConfig
-) -> None:
+def _start(rules: Rules, selection: Selection, level: str, fmt: str, redact: bool) -> None:
     global _pipeline  # noqa: PLW0603 - one pipeline per worker process, built once
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logs.configure(settings.level, settings.format, redact_personal=settings.redact)
-    _pipeline = Pipeline(validation.rules(), subscription.selection())
+    logs.configure(level, fmt, redact_personal=redact)
+    _pipeline = Pipeline(rules, selection)
 
 
 def _digest_slice(items: Sequence[Item]) -> list[Digest]:
@@ -92,7 +95,16 @@ class DigestPool:
 
     def __init__(self, processes: int, config: Config) -> None:
         self.processes = processes
-        self._config = config
+        settings = config.logging
+        # The core's own objects, not the config models: a worker then never imports the
+        # config, the sinks or the spool, and stays small.
+        self._initargs = (
+            config.validation.rules(),
+            config.subscription.selection(),
+            settings.level,
+            settings.format,
+            settings.redact,
+        )
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(["bridge.intake.workers"])
         self._executor = self._make()
@@ -103,7 +115,7 @@ class DigestPool:
             self.processes,
             mp_context=self._context,
             initializer=_start,
-            initargs=(self._config.validation, self._config.subscription, self._config.logging),
+            initargs=self._initargs,
         )
 
     def warm(self) -> list[int]:
