@@ -9,7 +9,6 @@ catches everything. Return codes become `BrokerError`s here.
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import ssl
 import sys
@@ -91,7 +90,7 @@ class MqttClient:
         )
         client.reconnect_delay_set(config.reconnect.min_delay, config.reconnect.max_delay)
         client.max_queued_messages_set(0)
-        username, password = config.credentials(os.environ)
+        username, password = config.credentials()
         if username is not None:
             client.username_pw_set(username, password)
         if config.tls is not None:
