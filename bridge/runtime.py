@@ -152,11 +152,16 @@ class Bridge:
                 beat=self._beat_for(ALARMS),
             )
         )
+        self.metrics.declare_sinks([target.sink.name for target in self.targets])
         self.metrics.watch(
             pending=lambda: self.spool.pending,
             oldest=self.spool.oldest_age,
             connected=self.mqtt.subscribed.is_set,
             backpressure=lambda: self.backpressure,
+            readiness=self.readiness,
+            dead_letters=self.spool.dead_by_kind,
+            heartbeats=self.watchdog.ages,
+            heartbeat_limit=self.watchdog.stale_after,
         )
         self._intake = threading.Thread(target=self._work, name="bridge-intake", daemon=True)
         self._last_prune = 0.0
@@ -405,6 +410,7 @@ class Bridge:
         for target in old_targets:
             with contextlib.suppress(Exception):
                 target.sink.close()
+        self.metrics.declare_sinks([target.sink.name for target in targets])
         fresh = [self._sink_worker(t, self.config) for t in targets]
         self.workers = fresh + [w for w in self.workers if w.name == ALARMS]
         for worker in fresh:

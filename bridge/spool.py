@@ -530,6 +530,13 @@ class Spool:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM dead").fetchone()[0])
 
+    def dead_by_kind(self) -> dict[str, int]:
+        """Stored dead letters per kind (`event`, `alarm`, `payload`), as the file holds them:
+        a replay or purge by another process shows at once."""
+        with self._lock:
+            rows = self._db.execute("SELECT kind, COUNT(*) FROM dead GROUP BY kind").fetchall()
+        return {str(kind): int(count) for kind, count in rows}
+
     # waiting
 
     @property
