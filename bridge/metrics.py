@@ -33,6 +33,11 @@ from bridge.records import ADD_EDIT_FIELDS, DELETE_FIELDS, Op
 _KNOWN_FIELDS = frozenset(ADD_EDIT_FIELDS) | frozenset(DELETE_FIELDS)
 _ENVELOPE_FIELD = re.compile(r"events\.(add|edit|delete)\.(eventTs|eventType|customerList)")
 _INDEX = re.compile(r"\[\d+\]")
+_ENVELOPE_LABELS = ("msgId", "reportTs", "events", "payload", "profile", "other")
+REJECTION_FIELDS = tuple(
+    sorted(_KNOWN_FIELDS | {*_ENVELOPE_LABELS, "eventTs", "eventType", "customerList"})
+)
+"""Every value `field_label` gives: a bounded set, created at 0 like the other series."""
 
 DISPOSITIONS = (*(str(d) for d in Disposition), "duplicate")
 ALARM_STATUSES = (*(status_of(str(op)) for op in Op), MESSAGE_STATUS)
@@ -151,6 +156,8 @@ class Metrics:
         )
         for disposition in DISPOSITIONS:
             self.received.labels(disposition=disposition)
+        for field in REJECTION_FIELDS:
+            self.rejections.labels(field=field)
 
         # alarms: raised by validation or a give-up, then published by their own worker
         self.alarms = Counter(

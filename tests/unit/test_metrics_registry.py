@@ -5,7 +5,7 @@ from __future__ import annotations
 import promtool
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.metrics import ALARM_KIND, Metrics
+from bridge.metrics import ALARM_KIND, REJECTION_FIELDS, Metrics, field_label
 
 
 def series(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -87,3 +87,11 @@ def test_promtool_accepts_a_populated_registry() -> None:
         return
     result = promtool.check("check", "metrics", text=text)
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_every_field_label_is_created_at_start() -> None:
+    """Whatever path a rejection has, its label is one of the series that exist from start."""
+    paths = ["phone", "spaceIds[3]", "profile.x", "events.add.eventTs", "zzz", "", "msgId"]
+    assert {field_label(path) for path in paths} <= set(REJECTION_FIELDS)
+    found = series(Metrics(process=False))
+    assert all(found[("bridge_rejections_total", (("field", f),))] == 0 for f in REJECTION_FIELDS)
