@@ -90,6 +90,22 @@ def masked_url(url: str) -> str:
 Url = Annotated[str, PlainSerializer(masked_url, when_used="always")]
 """A URL that may carry credentials or tokens: kept as text, shown by `masked_url`."""
 
+_SECRET_NAME = re.compile(r"pass|secret|token|key|auth|credential|cookie|signature", re.I)
+
+
+def masked_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Free-form settings (a handler's options) as safe to show: the value of every key that
+    names a credential (`password`, `api_key`, `token`, ...) is `***`, at any depth."""
+    shown: dict[str, Any] = {}
+    for key, value in options.items():
+        if _SECRET_NAME.search(str(key)):
+            shown[key] = MASK
+        elif isinstance(value, Mapping):
+            shown[key] = masked_options(value)
+        else:
+            shown[key] = value
+    return shown
+
 
 def interpolate_document(
     document: object, environ: Mapping[str, str]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
+import structlog
 
+from bridge import logs
 from bridge.config import parse
 from bridge.errors import ConfigError
 from bridge.secrets import Secret, masked_url
@@ -161,3 +164,33 @@ def test_a_secret_must_be_text() -> None:
 def test_a_url_is_shown_without_credentials_or_query_values(url: str, shown: str) -> None:
     """Userinfo, query values and the fragment of a URL are masked; host and path stay."""
     assert masked_url(url) == shown
+
+
+def test_handler_options_that_name_a_credential_are_masked() -> None:
+    """A python sink's options are free-form: those named like a credential dump as `***`."""
+    options = {"api_token": "tok-123456", "path": "/srv/x", "db": {"password": "pw-123456"}}
+    cfg = parse({"sinks": [{"type": "python", "handler": "m:C", "options": options}]}, environ={})
+    shown = cfg.model_dump(mode="json")["sinks"][0]["options"]
+    assert shown == {"api_token": "***", "path": "/srv/x", "db": {"password": "***"}}
+    assert "tok-123456" not in repr(cfg)
+
+
+def test_a_secret_logged_by_mistake_stays_masked() -> None:
+    """The JSON log renders a Secret (or a config holding one) as `***`."""
+    stream = io.StringIO()
+    logs.configure("info", "json", stream=stream)
+    try:
+        cfg = parse(
+            {
+                "broker": {"password": "pw-in-the-log"},
+                "sinks": [{"type": "webhook", "url": "https://h.example/x?token=tok-in-the-log"}],
+            },
+            environ={},
+        )
+        logs.get_logger().info("oops", password=cfg.broker.password, config=cfg, sink=cfg.sinks[0])
+    finally:
+        structlog.reset_defaults()
+    line = stream.getvalue()
+    assert "oops" in line
+    assert "pw-in-the-log" not in line
+    assert "tok-in-the-log" not in line
