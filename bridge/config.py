@@ -346,8 +346,32 @@ def parse(
     else:
         problems.extend(_inconsistencies(config))
     if problems:
-        raise ConfigError.of(problems)
+        raise ConfigError.of(_in_file_order(problems, resolved))
     return config
+
+
+def _in_file_order(problems: list[tuple[str, str]], document: object) -> list[tuple[str, str]]:
+    """`problems` sorted as their paths come in the file (a missing key where its parent is)."""
+    places: dict[str, int] = {}
+
+    def walk(node: object, path: str) -> None:
+        places.setdefault(path, len(places))
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{path}.{key}" if path else str(key))
+        elif isinstance(node, list):
+            for index, item in enumerate(node):
+                walk(item, f"{path}[{index}]")
+
+    walk(document, "")
+
+    def place(problem: tuple[str, str]) -> int:
+        path = problem[0]
+        while path not in places:
+            path = path[: max(path.rfind("."), path.rfind("["), 0)]
+        return places[path]
+
+    return sorted(problems, key=place)
 
 
 def load(path: Path) -> Config:

@@ -24,7 +24,8 @@ def problems(document: dict[str, object], environ: dict[str, str] | None = None)
 
 
 def test_every_problem_is_reported_at_once_with_its_path() -> None:
-    """Problems in several sections and sinks come in one error, each at its YAML path."""
+    """Problems in several sections and sinks come in one error, each at its YAML path, in
+    the order of the file."""
     document = {
         "broker": {"port": 70000, "hots": "x"},
         "validation": {"mode": "fuzzy"},
@@ -33,13 +34,13 @@ def test_every_problem_is_reported_at_once_with_its_path() -> None:
     with pytest.raises(ConfigError) as caught:
         parse(document, environ={})
     found = dict(caught.value.problems)
-    assert set(found) == {
+    assert list(found) == [
         "broker.port",
         "broker.hots",
         "validation.mode",
         "sinks[0].path",
         "sinks[1].url",
-    }
+    ]
     assert found["broker.hots"] == "unknown key"
     assert str(caught.value).startswith("5 problems:\n  ")
     assert "  sinks[1].url: the URL must start with http:// or https://" in str(caught.value)
@@ -194,3 +195,13 @@ def test_a_secret_logged_by_mistake_stays_masked() -> None:
     assert "oops" in line
     assert "pw-in-the-log" not in line
     assert "tok-in-the-log" not in line
+
+
+def test_unset_variables_and_wrong_values_come_in_file_order() -> None:
+    """An unset variable late in the file is listed after a wrong value earlier in it."""
+    document = {
+        "broker": {"port": 70000},
+        "delivery": {"initial_backoff": 60, "max_backoff": 30},
+        "sinks": [{"type": "jsonl", "path": "${NOPE}"}],
+    }
+    assert problems(document) == ["broker.port", "delivery", "sinks[0].path"]
