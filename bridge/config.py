@@ -351,25 +351,30 @@ def parse(
 
 
 def _in_file_order(problems: list[tuple[str, str]], document: object) -> list[tuple[str, str]]:
-    """`problems` sorted as their paths come in the file (a missing key where its parent is)."""
-    places: dict[str, int] = {}
+    """`problems` sorted as their paths come in the file; a missing key comes after the keys
+    its mapping holds."""
+    starts: dict[str, int] = {}
+    ends: dict[str, int] = {}
 
     def walk(node: object, path: str) -> None:
-        places.setdefault(path, len(places))
+        starts[path] = len(starts)
         if isinstance(node, dict):
             for key, value in node.items():
                 walk(value, f"{path}.{key}" if path else str(key))
         elif isinstance(node, list):
             for index, item in enumerate(node):
                 walk(item, f"{path}[{index}]")
+        ends[path] = len(starts) - 1
 
     walk(document, "")
 
-    def place(problem: tuple[str, str]) -> int:
+    def place(problem: tuple[str, str]) -> float:
         path = problem[0]
-        while path not in places:
+        if path in starts:
+            return starts[path]
+        while path not in starts:
             path = path[: max(path.rfind("."), path.rfind("["), 0)]
-        return places[path]
+        return ends[path] + 0.5
 
     return sorted(problems, key=place)
 

@@ -61,7 +61,7 @@ class MobileEventsConfig(SinkConfigBase, MappingSettings):
     base_url: Url
     api_version: Literal["v1", "v2"] = "v2"
     api_key: Secret
-    app_id: str
+    app_id: Secret
     platform: str
     user_id: str = "customer-bridge"
     sdk_version: str = __version__
@@ -75,12 +75,12 @@ class MobileEventsConfig(SinkConfigBase, MappingSettings):
     def _base_url(cls, value: str) -> str:
         return check_url(value)
 
-    @field_validator("api_key")
+    @field_validator("api_key", "app_id")
     @classmethod
     def _credential(cls, value: Secret) -> Secret:
         return check_secret(value)
 
-    @field_validator("app_id", "platform", "user_id", "sdk_version", "user_agent")
+    @field_validator("platform", "user_id", "sdk_version", "user_agent")
     @classmethod
     def _header_value(cls, value: str) -> str:
         return check_text(value)
@@ -107,7 +107,7 @@ class MobileEventsConfig(SinkConfigBase, MappingSettings):
             headers={
                 "X-USER-ID": self.user_id,
                 "User-Agent": self.user_agent,
-                "X-APP-ID": self.app_id,
+                "X-APP-ID": self.app_id.reveal(),
                 "X-PLATFORM": self.platform,
                 "X-VERSION": self.sdk_version,
             },

@@ -181,9 +181,11 @@ class WebhookConfig(SinkConfigBase):
             method=self.method,
             headers={name: text.reveal() for name, text in self.headers.items()},
             timeout=self.timeout,
-            signature_secret=self.signature_secret.reveal() if self.signature_secret else None,
+            signature_secret=(
+                None if self.signature_secret is None else self.signature_secret.reveal()
+            ),
             signature_header=self.signature_header,
-            standard_secrets=[s.reveal() for s in standard.secrets] if standard else (),
+            standard_secrets=() if standard is None else [s.reveal() for s in standard.secrets],
             verify_tls=self.verify_tls,
         )
 
