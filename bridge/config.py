@@ -337,7 +337,8 @@ def parse(
     except ValidationError as exc:
         errors = exc.errors()
         # A sink that fails validation also leaves the list "too short": say the cause only.
-        causes = [e for e in errors if e["type"] != "too_short"] or errors
+        causes = [e for e in errors if (e["type"], e["loc"]) != ("too_short", ("sinks",))]
+        causes = causes or errors
         for error in causes:
             path, message = _problem(error, resolved)
             # A value whose variable is unset is reported as such, not as its literal text.
