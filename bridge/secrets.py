@@ -20,7 +20,6 @@ from pydantic_core import core_schema
 from bridge.errors import ConfigError
 
 MASK = "***"
-ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # `$${` is a literal `${`; `${NAME}` a reference; any other `${` a mistake.
 _TOKEN = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{")
 
