@@ -315,6 +315,15 @@ def _path_of(location: tuple[int | str, ...], document: Any) -> str:
     return "".join(parts)
 
 
+def _echo(error: Any, errors: list[Any]) -> bool:
+    """Whether `error` only says that a list came out too short because items in it failed
+    (a sink, a secret): the items' own errors say the cause."""
+    if error["type"] != "too_short":
+        return False
+    loc = tuple(error["loc"])
+    return any(len(other["loc"]) > len(loc) and other["loc"][: len(loc)] == loc for other in errors)
+
+
 def _problem(error: Any, document: object) -> tuple[str, str]:
     path = _path_of(tuple(error["loc"]), document)
     if error["type"] == "extra_forbidden":
@@ -336,10 +345,9 @@ def parse(
         config = Config.model_validate(resolved)
     except ValidationError as exc:
         errors = exc.errors()
-        # A sink that fails validation also leaves the list "too short": say the cause only.
-        causes = [e for e in errors if (e["type"], e["loc"]) != ("too_short", ("sinks",))]
-        causes = causes or errors
-        for error in causes:
+        for error in errors:
+            if _echo(error, errors):
+                continue
             path, message = _problem(error, resolved)
             # A value whose variable is unset is reported as such, not as its literal text.
             if not any(path == u or path.startswith((u + ".", u + "[")) for u in unresolved):

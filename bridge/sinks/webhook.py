@@ -11,11 +11,11 @@ import json
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bridge import __version__
 from bridge.errors import SinkError
@@ -69,6 +69,11 @@ def delivery_id(body: bytes) -> str:
     return "msg_" + hashlib.sha256(body).hexdigest()[:32]
 
 
+def _standard_secret(secret: Secret) -> Secret:
+    standard_key(secret.reveal())
+    return secret
+
+
 class StandardWebhooksConfig(BaseModel):
     """Standard Webhooks signing: each request is signed with every secret listed.
 
@@ -77,14 +82,7 @@ class StandardWebhooksConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
-    secrets: tuple[Secret, ...] = Field(min_length=1)
-
-    @field_validator("secrets")
-    @classmethod
-    def _usable(cls, value: tuple[Secret, ...]) -> tuple[Secret, ...]:
-        for secret in value:
-            standard_key(secret.reveal())
-        return value
+    secrets: tuple[Annotated[Secret, AfterValidator(_standard_secret)], ...] = Field(min_length=1)
 
 
 class WebhookConfig(SinkConfigBase):

@@ -235,8 +235,8 @@ def test_body_hmac_and_standard_signature_can_go_together(new_only: Verifier) ->
 @pytest.mark.parametrize(
     ("secrets", "settings", "path"),
     [
-        (["whsec_not base64!"], {}, "sinks[0].standard_webhooks.secrets"),
-        (["whsec_c2hvcnQ="], {}, "sinks[0].standard_webhooks.secrets"),
+        (["whsec_not base64!"], {}, "sinks[0].standard_webhooks.secrets[0]"),
+        ([NEW_SECRET, "whsec_c2hvcnQ="], {}, "sinks[0].standard_webhooks.secrets[1]"),
         ([], {}, "sinks[0].standard_webhooks.secrets"),
         ([NEW_SECRET], {"headers": {"Webhook-Id": "x"}}, "sinks[0].headers"),
     ],

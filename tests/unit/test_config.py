@@ -205,3 +205,14 @@ def test_unset_variables_and_wrong_values_come_in_file_order() -> None:
         "sinks": [{"type": "jsonl", "path": "${NOPE}"}],
     }
     assert problems(document) == ["broker.port", "delivery", "sinks[0].path"]
+
+
+def test_an_unset_variable_in_a_list_is_not_also_a_short_list() -> None:
+    """A list item whose variable is unset is reported once, not again as a list too short."""
+    hook = {
+        "type": "webhook",
+        "url": "https://h.example/x",
+        "standard_webhooks": {"secrets": ["${NOPE}"]},
+    }
+    assert problems({"sinks": [hook]}) == ["sinks[0].standard_webhooks.secrets[0]"]
+    assert problems({"sinks": []}) == ["sinks"]
