@@ -161,11 +161,8 @@ def _check_config(path: Path) -> int:
     context = SinkContext(publish=_no_publish, logger=logs.get_logger())
     for sink in build_sinks(cfg.sinks, context):
         sink.close()
-    shown = cfg.model_dump(mode="json")
-    broker = shown["broker"]
-    if broker.get("password") is not None:
-        broker["password"] = "***"  # noqa: S105 - the mask, not a password
-    print(json.dumps(shown, indent=2, ensure_ascii=False))
+    # Secrets, header values and URL credentials dump as `***` (bridge.secrets).
+    print(json.dumps(cfg.model_dump(mode="json"), indent=2, ensure_ascii=False))
     print(f"{path}: ok; subscribes {cfg.subscription.selection().filters()}", file=sys.stderr)
     return EXIT_OK
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -18,7 +19,7 @@ from pydantic import (
 )
 
 from bridge.errors import ConfigError
-from bridge.secrets import check_references, interpolate, read_secret_file
+from bridge.secrets import Secret, interpolate_document, read_secret_file
 from bridge.sinks import SinkConfig
 from bridge.topics import ANY, Selection, check_segments, check_share_group
 from bridge.validate import Mode, Rules
@@ -75,7 +76,7 @@ class BrokerConfig(_Model):
     max_packet_size: int | None = Field(default=None, ge=16, le=268_435_460)
     publish_timeout: float = Field(default=10.0, gt=0)
     username: str | None = None
-    password: str | None = None
+    password: Secret | None = None
     password_file: Path | None = None
     tls: TlsConfig | None = None
     reconnect: ReconnectConfig = ReconnectConfig()
@@ -86,24 +87,14 @@ class BrokerConfig(_Model):
     def _protocol_text(cls, value: object) -> object:
         return str(value) if isinstance(value, int | float) else value
 
-    @field_validator("username", "password")
-    @classmethod
-    def _references(cls, value: str | None) -> str | None:
-        if value is not None:
-            check_references(value)
-        return value
-
-    def credentials(self, environ: Mapping[str, str]) -> tuple[str | None, str | None]:
-        """Username and password with `${NAME}` and `password_file` resolved."""
-        username = None
-        if self.username is not None:
-            username = interpolate("broker.username", self.username, environ)
+    def credentials(self) -> tuple[str | None, str | None]:
+        """Username and password, `password_file` read now (a rotated file is read again)."""
         password = None
         if self.password is not None:
-            password = interpolate("broker.password", self.password, environ)
+            password = self.password.reveal()
         elif self.password_file is not None:
-            password = read_secret_file("broker.password_file", self.password_file, environ)
-        return username, password
+            password = read_secret_file("broker.password_file", self.password_file).reveal()
+        return self.username, password
 
     @model_validator(mode="after")
     def _one_password(self) -> BrokerConfig:
@@ -230,6 +221,15 @@ class DeliveryConfig(_Model):
     """The longest wait a sink's `Retry-After` may ask for; longer answers are cut to it."""
     alarm_on_give_up: bool = True
 
+    @model_validator(mode="after")
+    def _ordered(self) -> DeliveryConfig:
+        if self.initial_backoff > self.max_backoff:
+            raise ValueError(
+                f"initial_backoff ({self.initial_backoff:g}) is longer than"
+                f" max_backoff ({self.max_backoff:g})"
+            )
+        return self
+
 
 class SpoolConfig(_Model):
     """The on-disk outbox, de-duplication window and dead letters (SQLite)."""
@@ -272,12 +272,31 @@ class Config(_Model):
     sinks: tuple[SinkConfig, ...] = Field(min_length=1)
     logging: LoggingConfig = LoggingConfig()
 
-    @model_validator(mode="after")
-    def _unique_sink_names(self) -> Config:
-        names = [sink.name for sink in self.sinks if sink.name]
-        if len(names) != len(set(names)):
-            raise ValueError("sink names must be unique")
-        return self
+
+def _inconsistencies(config: Config) -> list[tuple[str, str]]:
+    """Problems between sections, each at the path an operator would change."""
+    problems: list[tuple[str, str]] = []
+    expiry = config.broker.session_expiry
+    if config.spool.dedup_max_age < expiry:
+        # The broker may redeliver a message as late as its session lives: a shorter window
+        # forgets the message first and forwards the redelivery a second time.
+        problems.append(
+            (
+                "spool.dedup_max_age",
+                f"{config.spool.dedup_max_age:g}s is shorter than broker.session_expiry"
+                f" ({expiry}s): a late redelivery would be forwarded twice",
+            )
+        )
+    first: dict[str, int] = {}
+    for index, sink in enumerate(config.sinks):
+        if sink.name is None:
+            continue  # a default name is checked when the sinks are built
+        if sink.name in first:
+            problems.append(
+                (f"sinks[{index}].name", f"{sink.name!r} is already sinks[{first[sink.name]}]")
+            )
+        first.setdefault(sink.name, index)
+    return problems
 
 
 def _path_of(location: tuple[int | str, ...], document: Any) -> str:
@@ -300,23 +319,77 @@ def _path_of(location: tuple[int | str, ...], document: Any) -> str:
     return "".join(parts)
 
 
-def parse(document: object, source: str = "config") -> Config:
-    """Validate a parsed YAML document; ConfigError names the first wrong path."""
+def _echo(error: Any, errors: list[Any]) -> bool:
+    """Whether `error` only says that a list came out too short because items in it failed
+    (a sink, a secret): the items' own errors say the cause."""
+    if error["type"] != "too_short":
+        return False
+    loc = tuple(error["loc"])
+    return any(len(other["loc"]) > len(loc) and other["loc"][: len(loc)] == loc for other in errors)
+
+
+def _problem(error: Any, document: object) -> tuple[str, str]:
+    path = _path_of(tuple(error["loc"]), document)
+    if error["type"] == "extra_forbidden":
+        return path, "unknown key"
+    message = str(error["msg"])
+    return path, message.removeprefix("Value error, ")
+
+
+def parse(
+    document: object, source: str = "config", environ: Mapping[str, str] | None = None
+) -> Config:
+    """Validate a parsed YAML document with `${NAME}` read from `environ` (the process's by
+    default); one ConfigError holds every problem, each at its YAML path."""
     if not isinstance(document, dict):
         raise ConfigError("", f"{source}: the top level must be a mapping")
+    resolved, problems = interpolate_document(document, os.environ if environ is None else environ)
+    unresolved = [path for path, _ in problems]
     try:
-        return Config.model_validate(document)
+        config = Config.model_validate(resolved)
     except ValidationError as exc:
         errors = exc.errors()
-        # A sink that fails validation also leaves the list "too short": say the cause only.
-        causes = [e for e in errors if e["type"] != "too_short"] or errors
-        first = causes[0]
-        path = _path_of(tuple(first["loc"]), document)
-        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-        more = len(causes) - 1
-        if more:
-            message += f" (and {more} more problem{'s' if more > 1 else ''})"
-        raise ConfigError(path, message) from None
+        for error in errors:
+            if _echo(error, errors):
+                continue
+            path, message = _problem(error, resolved)
+            # A value whose variable is unset is reported as such, not as its literal text.
+            if not any(path == u or path.startswith((u + ".", u + "[")) for u in unresolved):
+                problems.append((path, message))
+    else:
+        problems.extend(_inconsistencies(config))
+    if problems:
+        raise ConfigError.of(_in_file_order(problems, resolved))
+    return config
+
+
+def _in_file_order(problems: list[tuple[str, str]], document: object) -> list[tuple[str, str]]:
+    """`problems` sorted as their paths come in the file; a missing key comes after the keys
+    its mapping holds."""
+    starts: dict[str, int] = {}
+    ends: dict[str, int] = {}
+
+    def walk(node: object, path: str) -> None:
+        starts[path] = len(starts)
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{path}.{key}" if path else str(key))
+        elif isinstance(node, list):
+            for index, item in enumerate(node):
+                walk(item, f"{path}[{index}]")
+        ends[path] = len(starts) - 1
+
+    walk(document, "")
+
+    def place(problem: tuple[str, str]) -> float:
+        path = problem[0]
+        if path in starts:
+            return starts[path]
+        while path not in starts:
+            path = path[: max(path.rfind("."), path.rfind("["), 0)]
+        return ends[path] + 0.5
+
+    return sorted(problems, key=place)
 
 
 def load(path: Path) -> Config:

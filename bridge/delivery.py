@@ -273,7 +273,8 @@ class Worker:
             raise
         self.delivered += len(rows)
         if self._metrics is not None:
-            self._metrics.forwarded.labels(sink=self.name).inc(len(rows))
+            oldest = time.time() - min(row.created for row in rows)
+            self._metrics.delivered(self.name, self._kind, len(rows), oldest)
         self._log.debug("delivered", records=len(rows), attempt=rows[0].attempts + 1)
         if self._waiting_retries:
             # The sink answers again: what waits for a retry goes now, not when its timer ends.
@@ -286,7 +287,7 @@ class Worker:
         """Count records the intake handed to this worker's sink itself."""
         self.direct += records
         if self._metrics is not None:
-            self._metrics.forwarded.labels(sink=self.name).inc(records)
+            self._metrics.taken_directly(self.name, records)
         self._log.debug("delivered", records=records, attempt=1, direct=True)
 
     def _fill(self, rows: list[Row]) -> list[Row]:
@@ -317,7 +318,7 @@ class Worker:
         self._given_up_now.update(row.okey for row in rows)
         self.dead += len(rows)
         if self._metrics is not None:
-            self._metrics.dead_letters.labels(sink=self.name).inc(len(rows))
+            self._metrics.gave_up(self.name, self._kind, len(rows))
         self._log.error(
             "sink_gave_up",
             reason=reason,
@@ -345,7 +346,7 @@ class Worker:
         self._waiting_retries = True
         self.retries += 1
         if self._metrics is not None:
-            self._metrics.retries.labels(sink=self.name).inc()
+            self._metrics.retried(self.name, self._kind)
         self._log.warning(
             "sink_failed",
             reason=failure.reason,

@@ -10,7 +10,6 @@ everything. Return codes become `BrokerError`s here.
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import ssl
 import threading
@@ -68,7 +67,7 @@ class Publisher:
         )
         client.reconnect_delay_set(config.reconnect.min_delay, config.reconnect.max_delay)
         client.max_queued_messages_set(0)
-        username, password = config.credentials(os.environ)
+        username, password = config.credentials()
         if username is not None:
             client.username_pw_set(username, password)
         if config.tls is not None:

@@ -127,11 +127,16 @@ class Bridge:
             )
         else:
             self.connection = connection(self.intake)
+        self.metrics.declare_sinks([target.sink.name for target in self.targets])
         self.metrics.watch(
             pending=lambda: self.spool.pending,
             oldest=self.spool.oldest_age,
             connected=self.connection.subscribed.is_set,
             backpressure=lambda: self.status.backpressure,
+            readiness=self.readiness,
+            dead_letters=self.spool.dead_by_kind,
+            heartbeats=self.watchdog.ages,
+            heartbeat_limit=self.watchdog.stale_after,
         )
 
     @property
@@ -357,6 +362,7 @@ class Bridge:
         for target in old_targets:
             with contextlib.suppress(Exception):
                 target.sink.close()
+        self.metrics.declare_sinks([target.sink.name for target in targets])
         fresh = [self._sink_worker(t, self.config) for t in targets]
         self.workers = fresh + [w for w in self.workers if w.name == ALARMS]
         for worker in fresh:

@@ -161,14 +161,22 @@ class Watchdog:
         with self._lock:
             self._beats[name] = now
 
+    @property
+    def stale_after(self) -> float | None:
+        """The silence (s) past which a component counts as stale; None: never."""
+        return self._stale_after
+
+    def ages(self) -> dict[str, float]:
+        """Seconds since each registered component last beat."""
+        now = time.monotonic()
+        with self._lock:
+            return {name: now - beaten for name, beaten in self._beats.items()}
+
     def stale(self) -> dict[str, float]:
         """The registered components silent for longer than allowed, with their silence (s)."""
         if self._stale_after is None:
             return {}
-        now = time.monotonic()
-        with self._lock:
-            ages = {name: now - beaten for name, beaten in self._beats.items()}
-        return {name: age for name, age in ages.items() if age > self._stale_after}
+        return {name: age for name, age in self.ages().items() if age > self._stale_after}
 
     def start(self) -> bool:
         """Start pinging on a daemon thread; False (and no thread) without a watchdog."""

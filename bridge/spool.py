@@ -62,6 +62,8 @@ CREATE TABLE IF NOT EXISTS dead (
     attempts INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL
 );
+-- The metrics count dead letters by kind at each scrape: the index keeps that off the bodies.
+CREATE INDEX IF NOT EXISTS dead_by_kind ON dead (kind);
 """
 
 
@@ -529,6 +531,13 @@ class Spool:
         """How many dead letters there are."""
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM dead").fetchone()[0])
+
+    def dead_by_kind(self) -> dict[str, int]:
+        """Stored dead letters per kind (`event`, `alarm`, `payload`), as the file holds them:
+        a replay or purge by another process shows at once."""
+        with self._lock:
+            rows = self._db.execute("SELECT kind, COUNT(*) FROM dead GROUP BY kind").fetchall()
+        return {str(kind): int(count) for kind, count in rows}
 
     # waiting
 

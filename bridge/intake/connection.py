@@ -7,10 +7,9 @@ the tests drive.
 
 from __future__ import annotations
 
-import os
 import ssl
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import structlog
@@ -43,9 +42,9 @@ class BrokerConnection(Protocol):
         """Acknowledge `packet_ids`, in order, on connection `generation`; False if gone."""
 
 
-def settings_for(config: BrokerConfig, environ: Mapping[str, str] | None = None) -> ConnectSettings:
+def settings_for(config: BrokerConfig) -> ConnectSettings:
     """The intake connection's settings from the broker section of the config."""
-    username, password = config.credentials(os.environ if environ is None else environ)
+    username, password = config.credentials()
     context = None
     if config.tls is not None:
         tls = config.tls

@@ -3,14 +3,13 @@
 The mapping is configuration: which operation gives which event code, which fields become
 identities (`customerIdList`) or event attributes, and the templates of the ids that let a
 platform recognise a batch sent twice (`outBizId`, a session id). The settings the platform
-sinks share (base URLs, credentials from `${NAME}`, an answer made safe to log) live here too.
+sinks share (base URLs, credentials, an answer made safe to log) live here too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import string
 from collections.abc import Collection, Mapping
@@ -21,10 +20,10 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from bridge.errors import ConfigError, SinkError
+from bridge.errors import SinkError
 from bridge.events import DownstreamEvent
 from bridge.records import Op
-from bridge.secrets import ENV_REF, check_references, interpolate
+from bridge.secrets import Secret
 
 ATTRIBUTE_CONTEXT = frozenset(
     {"@tenant", "@projectId", "@op", "@kind", "@version", "@vendor", "@msgId"}
@@ -304,32 +303,19 @@ def check_url(value: str, *, root_only: bool = False) -> str:
     return value
 
 
-def check_text(value: str, *, references: bool = True) -> str:
+def check_text(value: str) -> str:
     """A value for a header, a query or a form: not empty, no line break or NUL."""
     if not value.strip():
         raise ValueError("the value is empty")
     if any(ch in value for ch in "\r\n\x00"):
         raise ValueError("the value holds a line break or NUL")
-    if references:
-        check_references(value)
     return value
 
 
-def masked(value: str | None) -> str | None:
-    """How a secret setting is shown: a `${NAME}` reference as is, a literal as `***`."""
-    if value is None or ENV_REF.fullmatch(value):
-        return value
-    return "***"
-
-
-def resolve(path: str, value: str) -> str:
-    """A setting with its `${NAME}` references read from the environment."""
-    text = interpolate(path, value, os.environ)
-    if not text.strip():
-        raise ConfigError(path, "the environment gives an empty value")
-    if any(ch in text for ch in "\r\n\x00"):
-        raise ConfigError(path, "the environment gives a line break or NUL")
-    return text
+def check_secret(value: Secret) -> Secret:
+    """`check_text` for a credential, which stays masked."""
+    check_text(value.reveal())
+    return value
 
 
 def safe_code(value: object) -> str:

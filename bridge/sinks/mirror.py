@@ -10,7 +10,6 @@ same one, and the table converges whatever order the events arrive in.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
@@ -18,12 +17,12 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import ConfigDict, Field, field_serializer, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from bridge.errors import ConfigError, SinkError
 from bridge.events import DownstreamEvent
 from bridge.records import Op
-from bridge.secrets import ENV_REF, check_references, interpolate, read_secret_file
+from bridge.secrets import Secret, Url, read_secret_file
 from bridge.sinks.base import Refused, SinkConfigBase, SinkContext
 from bridge.sinks.mirror_sql import (
     DATA_COLUMNS,
@@ -116,7 +115,7 @@ def _column_value(kind: str, value: Any) -> Any:
 class MirrorConfig(SinkConfigBase):
     """`type: mirror`: apply the events to `table` in `database` (sqlite:/// or postgresql://).
 
-    The PostgreSQL password comes from `password` (`${NAME}`) or `password_file`, never the URL.
+    The PostgreSQL password comes from `password` or `password_file`, never the URL.
     """
 
     model_config = ConfigDict(hide_input_in_errors=True)
@@ -124,9 +123,9 @@ class MirrorConfig(SinkConfigBase):
     type: Literal["mirror"]
     batch_size: int = Field(default=500, ge=1, le=10_000)
     """One transaction per batch: larger batches than other sinks' amortise the commit."""
-    database: str
+    database: Url
     table: str = "customers"
-    password: str | None = Field(default=None, repr=False)
+    password: Secret | None = None
     password_file: Path | None = None
     tombstone_days: float = Field(default=30.0, gt=0)
     """Tombstones older than this are purged; a later event older than the delete could then
@@ -159,20 +158,6 @@ class MirrorConfig(SinkConfigBase):
             raise ValueError("a table name is letters, digits and _ (63 at most)")
         return value
 
-    @field_validator("password")
-    @classmethod
-    def _references(cls, value: str | None) -> str | None:
-        if value is not None:
-            check_references(value)
-        return value
-
-    @field_serializer("password")
-    def _masked_password(self, value: str | None) -> str | None:
-        # A reference is safe to show (check-config prints the config); a literal is not.
-        if value is None or ENV_REF.fullmatch(value):
-            return value
-        return "***"
-
     @model_validator(mode="after")
     def _one_password(self) -> MirrorConfig:
         if self.password is not None and self.password_file is not None:
@@ -186,7 +171,7 @@ class MirrorConfig(SinkConfigBase):
         """Which dialect the URL names."""
         return "sqlite" if self.database.startswith("sqlite:") else "postgresql"
 
-    def connector(self, environ: Mapping[str, str]) -> Callable[[], Dialect]:
+    def connector(self) -> Callable[[], Dialect]:
         """A function that opens a connection; the password is resolved here, once."""
         if self.backend == "sqlite":
             # sqlite:///rel -> "rel"; sqlite:////abs -> "/abs"
@@ -194,9 +179,9 @@ class MirrorConfig(SinkConfigBase):
             return lambda: SqliteDialect(path)
         password = None
         if self.password is not None:
-            password = interpolate("password", self.password, environ)
+            password = self.password.reveal()
         elif self.password_file is not None:
-            password = read_secret_file("password_file", self.password_file, environ)
+            password = read_secret_file("password_file", self.password_file).reveal()
         from psycopg.conninfo import make_conninfo  # noqa: PLC0415 - the postgres extra
 
         extra: dict[str, Any] = {"application_name": "customer-bridge"}
@@ -214,7 +199,7 @@ class MirrorConfig(SinkConfigBase):
     def build(self, context: SinkContext) -> MirrorSink:
         """Open the database and check its schema; refuse to start on a newer schema."""
         try:
-            connect = self.connector(os.environ)
+            connect = self.connector()
         except ImportError:
             raise ConfigError(
                 "database", "PostgreSQL needs psycopg: pip install 'customer-bridge[postgres]'"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from datetime import datetime
 from typing import Any
@@ -42,7 +41,7 @@ def _mirrors(cfg: Config, wanted: str | None) -> list[tuple[str, MirrorConfig]]:
 
 def _open(name: str, sink: MirrorConfig) -> MirrorSink:
     try:
-        mirror = MirrorSink(name, sink.connector(os.environ), sink.table)
+        mirror = MirrorSink(name, sink.connector(), sink.table)
         mirror.connect()
     except SchemaTooNew as exc:
         raise ConfigError(f"{name}.table", str(exc)) from None

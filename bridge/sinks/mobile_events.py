@@ -15,21 +15,21 @@ from urllib.parse import urlsplit
 
 import httpx
 import structlog
-from pydantic import ConfigDict, Field, field_serializer, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from bridge import __version__
 from bridge.errors import SinkError
 from bridge.events import DownstreamEvent
 from bridge.records import Op
+from bridge.secrets import Secret, Url
 from bridge.sinks.base import SinkConfigBase, SinkContext, retry_after_of
 from bridge.sinks.mapping import (
     MappingSettings,
     RecordMapping,
     answer_of,
+    check_secret,
     check_text,
     check_url,
-    masked,
-    resolve,
     safe_code,
     scrub,
     session_template,
@@ -58,10 +58,10 @@ class MobileEventsConfig(SinkConfigBase, MappingSettings):
     model_config = ConfigDict(hide_input_in_errors=True)
 
     type: Literal["mobile_events"]
-    base_url: str = Field(repr=False)
+    base_url: Url
     api_version: Literal["v1", "v2"] = "v2"
-    api_key: str = Field(repr=False)
-    app_id: str
+    api_key: Secret
+    app_id: Secret
     platform: str
     user_id: str = "customer-bridge"
     sdk_version: str = __version__
@@ -75,15 +75,15 @@ class MobileEventsConfig(SinkConfigBase, MappingSettings):
     def _base_url(cls, value: str) -> str:
         return check_url(value)
 
-    @field_validator("api_key")
+    @field_validator("api_key", "app_id")
     @classmethod
-    def _credential(cls, value: str) -> str:
-        return check_text(value)
+    def _credential(cls, value: Secret) -> Secret:
+        return check_secret(value)
 
-    @field_validator("app_id", "platform", "user_id", "sdk_version", "user_agent")
+    @field_validator("platform", "user_id", "sdk_version", "user_agent")
     @classmethod
     def _header_value(cls, value: str) -> str:
-        return check_text(value, references=False)
+        return check_text(value)
 
     @field_validator("session_id")
     @classmethod
@@ -98,20 +98,16 @@ class MobileEventsConfig(SinkConfigBase, MappingSettings):
                 raise ValueError(f"the event name of {op} must be lower snake case")
         return value
 
-    @field_serializer("api_key")
-    def _masked(self, value: str) -> str | None:
-        return masked(value)
-
     def build(self, context: SinkContext) -> MobileEventsSink:
-        """Read `${NAME}` references from the environment and open the HTTP client."""
+        """Open the HTTP client."""
         return MobileEventsSink(
             self.name or f"mobile_events:{urlsplit(self.base_url).hostname}",
             self.base_url.rstrip("/") + PATHS[self.api_version],
-            api_key=resolve("api_key", self.api_key),
+            api_key=self.api_key.reveal(),
             headers={
                 "X-USER-ID": self.user_id,
                 "User-Agent": self.user_agent,
-                "X-APP-ID": self.app_id,
+                "X-APP-ID": self.app_id.reveal(),
                 "X-PLATFORM": self.platform,
                 "X-VERSION": self.sdk_version,
             },

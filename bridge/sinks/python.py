@@ -6,10 +6,11 @@ import importlib
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_serializer
 
 from bridge.errors import ConfigError, Partial, SinkError
 from bridge.events import DownstreamEvent
+from bridge.secrets import masked_options
 from bridge.sinks.base import Refused, SinkConfigBase, SinkContext
 
 _IMPORT_PATH = r"[A-Za-z_][\w.]*:[A-Za-z_]\w*"
@@ -27,7 +28,12 @@ class PythonConfig(SinkConfigBase):
 
     type: Literal["python"]
     handler: str = Field(pattern=_IMPORT_PATH)
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict, repr=False)
+
+    @field_serializer("options")
+    def _shown(self, value: dict[str, Any]) -> dict[str, Any]:
+        # The handler takes plain values, so a credential among them is masked by its name.
+        return masked_options(value)
 
     def build(self, context: SinkContext) -> PythonSink:
         """Import the class and instantiate it with `options`."""

@@ -16,24 +16,24 @@ from urllib.parse import urlsplit
 
 import httpx
 import structlog
-from pydantic import ConfigDict, Field, field_serializer, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from bridge import __version__
 from bridge.errors import SinkError
 from bridge.events import DownstreamEvent
 from bridge.records import Op
+from bridge.secrets import Secret, Url
 from bridge.sinks.base import SinkConfigBase, SinkContext, retry_after_of
 from bridge.sinks.mapping import (
     IdentitySettings,
     MappingSettings,
     RecordMapping,
     answer_of,
+    check_secret,
     check_text,
     check_url,
     event_time,
     field_of,
-    masked,
-    resolve,
     safe_code,
     scrub,
 )
@@ -69,14 +69,14 @@ class QuickAudienceConfig(SinkConfigBase, MappingSettings, IdentitySettings):
     model_config = ConfigDict(hide_input_in_errors=True)
 
     type: Literal["quick_audience"]
-    endpoint: str = Field(repr=False)
+    endpoint: Url
     access_id: str
     organization_id: str
     workspace_id: str | None = None
     entity_id: str | None = None
-    app_id: str = Field(repr=False)
-    access_key: str = Field(repr=False)
-    access_secret: str = Field(repr=False)
+    app_id: Secret
+    access_key: Secret
+    access_secret: Secret
     batch_size: int = Field(default=MAX_BATCH, ge=1, le=MAX_BATCH)
     timeout: float = Field(default=10.0, gt=0)
     verify_tls: bool = True
@@ -90,19 +90,15 @@ class QuickAudienceConfig(SinkConfigBase, MappingSettings, IdentitySettings):
     @field_validator("access_id", "organization_id", "workspace_id", "entity_id")
     @classmethod
     def _plain(cls, value: str | None) -> str | None:
-        return None if value is None else check_text(value, references=False)
+        return None if value is None else check_text(value)
 
     @field_validator("app_id", "access_key", "access_secret")
     @classmethod
-    def _credential(cls, value: str) -> str:
-        return check_text(value)
-
-    @field_serializer("access_key", "access_secret")
-    def _masked(self, value: str) -> str | None:
-        return masked(value)
+    def _credential(cls, value: Secret) -> Secret:
+        return check_secret(value)
 
     def build(self, context: SinkContext) -> QuickAudienceSink:
-        """Read `${NAME}` references from the environment and open the HTTP client."""
+        """Open the HTTP client."""
         return QuickAudienceSink(
             self.name or f"quick_audience:{urlsplit(self.endpoint).hostname}",
             self.endpoint,
@@ -110,9 +106,9 @@ class QuickAudienceConfig(SinkConfigBase, MappingSettings, IdentitySettings):
             organization_id=self.organization_id,
             workspace_id=self.workspace_id,
             entity_id=self.entity_id,
-            app_id=resolve("app_id", self.app_id),
-            access_key=resolve("access_key", self.access_key),
-            access_secret=resolve("access_secret", self.access_secret),
+            app_id=self.app_id.reveal(),
+            access_key=self.access_key.reveal(),
+            access_secret=self.access_secret.reveal(),
             mapping=RecordMapping.of(DEFAULT_EVENTS, self, self),
             logger=context.logger,
             timeout=self.timeout,

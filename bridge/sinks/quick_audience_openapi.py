@@ -22,24 +22,24 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 import structlog
-from pydantic import ConfigDict, Field, field_serializer, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from bridge import __version__
 from bridge.errors import SinkError
 from bridge.events import DownstreamEvent
 from bridge.records import Op
+from bridge.secrets import Secret, Url
 from bridge.sinks.base import SinkConfigBase, SinkContext, retry_after_of
 from bridge.sinks.mapping import (
     IdentitySettings,
     MappingSettings,
     RecordMapping,
     answer_of,
+    check_secret,
     check_text,
     check_url,
     event_time,
     field_of,
-    masked,
-    resolve,
     safe_code,
     scrub,
 )
@@ -110,13 +110,13 @@ class QuickAudienceOpenApiConfig(SinkConfigBase, MappingSettings, IdentitySettin
 
     type: Literal["quick_audience_openapi"]
     region: Literal["cn-shanghai", "cn-shenzhen", "cn-zhangjiakou"] = "cn-shanghai"
-    endpoint: str | None = Field(default=None, repr=False)
+    endpoint: Url | None = None
     access_id: str
     organization_id: str
     workspace_id: str | None = None
     event_source_code: str | None = None
-    access_key_id: str = Field(repr=False)
-    access_key_secret: str = Field(repr=False)
+    access_key_id: Secret
+    access_key_secret: Secret
     report_identities: bool = True
     batch_size: int = Field(default=MAX_BATCH, ge=1, le=MAX_BATCH)
     timeout: float = Field(default=10.0, gt=0)
@@ -131,23 +131,19 @@ class QuickAudienceOpenApiConfig(SinkConfigBase, MappingSettings, IdentitySettin
     @field_validator("access_id", "organization_id", "workspace_id", "event_source_code")
     @classmethod
     def _plain(cls, value: str | None) -> str | None:
-        return None if value is None else check_text(value, references=False)
+        return None if value is None else check_text(value)
 
     @field_validator("access_key_id", "access_key_secret")
     @classmethod
-    def _credential(cls, value: str) -> str:
-        return check_text(value)
-
-    @field_serializer("access_key_id", "access_key_secret")
-    def _masked(self, value: str) -> str | None:
-        return masked(value)
+    def _credential(cls, value: Secret) -> Secret:
+        return check_secret(value)
 
     def url(self) -> str:
         """Where the requests go."""
         return self.endpoint or f"https://{ENDPOINTS[self.region]}/"
 
     def build(self, context: SinkContext) -> QuickAudienceOpenApiSink:
-        """Read `${NAME}` references from the environment and open the HTTP client."""
+        """Open the HTTP client."""
         url = self.url()
         return QuickAudienceOpenApiSink(
             self.name or f"quick_audience_openapi:{urlsplit(url).hostname}",
@@ -157,8 +153,8 @@ class QuickAudienceOpenApiConfig(SinkConfigBase, MappingSettings, IdentitySettin
             organization_id=self.organization_id,
             workspace_id=self.workspace_id,
             event_source_code=self.event_source_code,
-            access_key_id=resolve("access_key_id", self.access_key_id),
-            access_key_secret=resolve("access_key_secret", self.access_key_secret),
+            access_key_id=self.access_key_id.reveal(),
+            access_key_secret=self.access_key_secret.reveal(),
             mapping=RecordMapping.of(DEFAULT_EVENTS, self, self),
             report_identities=self.report_identities,
             logger=context.logger,

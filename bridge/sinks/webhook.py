@@ -1,25 +1,26 @@
-"""The HTTP webhook sink: each batch as one JSON request, optionally signed with HMAC-SHA256."""
+"""The HTTP webhook sink: each batch as one JSON request, signed per Standard Webhooks
+(`webhook-id`, `webhook-timestamp`, `webhook-signature`) and/or with a body HMAC-SHA256."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
-import os
 import re
-from collections.abc import Mapping, Sequence
-from typing import Literal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import ConfigDict, Field, field_serializer, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bridge import __version__
-from bridge.errors import ConfigError, SinkError
+from bridge.errors import SinkError
 from bridge.events import DownstreamEvent
-from bridge.secrets import ENV_REF as _ENV_REF
-from bridge.secrets import check_references as _check_references
-from bridge.secrets import interpolate as _interpolate
+from bridge.secrets import Secret, Url
 from bridge.sinks.base import SinkConfigBase, SinkContext, retry_after_of
 
 BATCH_SIZE_HEADER = "X-Bridge-Batch-Size"
@@ -30,29 +31,78 @@ TRANSIENT_STATUSES = frozenset({408, 429})
 _MAX_DRAIN = 64 * 1024
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name (RFC 9110)
+STANDARD_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 _RESERVED = frozenset(
     {"content-type", "content-length", "transfer-encoding", "host", "connection"}
-    | {BATCH_SIZE_HEADER.lower()}
+    | {BATCH_SIZE_HEADER.lower(), *STANDARD_HEADERS}
 )
+_KEY_PREFIX = "whsec_"
+# Standard Webhooks: secrets are 24 to 64 random bytes, base64, with a `whsec_` prefix.
+_MIN_KEY_BYTES = 24
+
+
+def standard_key(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret (`whsec_` and base64); ValueError if not one."""
+    text = secret.removeprefix(_KEY_PREFIX)
+    try:
+        key = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("a Standard Webhooks secret is whsec_ and base64") from None
+    if len(key) < _MIN_KEY_BYTES:
+        raise ValueError(f"a Standard Webhooks secret holds at least {_MIN_KEY_BYTES} bytes")
+    return key
+
+
+def standard_signature(keys: Sequence[bytes], msg_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` value: `v1,<base64 HMAC-SHA256 of id.timestamp.body>` per key,
+    space-separated, so a receiver holding any one of the keys can verify."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return " ".join(
+        "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode("ascii")
+        for key in keys
+    )
+
+
+def delivery_id(body: bytes) -> str:
+    """The `webhook-id` of a request: derived from the body, so the same batch sent again (a
+    retry, a redelivery after a restart, a replayed dead letter) keeps its id."""
+    return "msg_" + hashlib.sha256(body).hexdigest()[:32]
+
+
+def _standard_secret(secret: Secret) -> Secret:
+    standard_key(secret.reveal())
+    return secret
+
+
+class StandardWebhooksConfig(BaseModel):
+    """Standard Webhooks signing: each request is signed with every secret listed.
+
+    List the new secret beside the old one while receivers move over, then drop the old.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    secrets: tuple[Annotated[Secret, AfterValidator(_standard_secret)], ...] = Field(min_length=1)
 
 
 class WebhookConfig(SinkConfigBase):
     """`type: webhook`: send each batch as `{"events": [...]}` to `url`.
 
-    With `signature_secret`, `signature_header` carries `sha256=` and the lowercase hex
-    HMAC-SHA256 of the exact body bytes, keyed by the secret (as GitHub webhooks do).
-    Header values and the secret may hold `${NAME}`, read from the environment at start.
+    `standard_webhooks.secrets` signs per the Standard Webhooks spec. With `signature_secret`,
+    `signature_header` carries `sha256=` and the lowercase hex HMAC-SHA256 of the exact body
+    bytes, keyed by the secret (as GitHub webhooks do). Both may be on at once.
     """
 
-    # The URL, headers and secret may hold credentials: keep them out of repr and errors.
+    # The URL, headers and secrets may hold credentials: keep them out of errors.
     model_config = ConfigDict(hide_input_in_errors=True)
 
     type: Literal["webhook"]
-    url: str = Field(repr=False)
+    url: Url = Field(repr=False)
     method: Literal["POST", "PUT"] = "POST"
-    headers: dict[str, str] = Field(default_factory=dict, repr=False)
+    headers: dict[str, Secret] = Field(default_factory=dict)
     timeout: float = Field(default=10.0, gt=0)
-    signature_secret: str | None = Field(default=None, min_length=1, repr=False)
+    standard_webhooks: StandardWebhooksConfig | None = None
+    signature_secret: Secret | None = None
     signature_header: str = "X-Bridge-Signature"
     verify_tls: bool = True
 
@@ -82,7 +132,7 @@ class WebhookConfig(SinkConfigBase):
 
     @field_validator("headers")
     @classmethod
-    def _usable_headers(cls, value: dict[str, str]) -> dict[str, str]:
+    def _usable_headers(cls, value: dict[str, Secret]) -> dict[str, Secret]:
         seen: set[str] = set()
         for name, text in value.items():
             if not _TOKEN.fullmatch(name):
@@ -92,16 +142,15 @@ class WebhookConfig(SinkConfigBase):
             if name.lower() in seen:
                 raise ValueError(f"header {name} is given twice")
             seen.add(name.lower())
-            if any(ch in text for ch in "\r\n\x00"):
+            if any(ch in text.reveal() for ch in "\r\n\x00"):
                 raise ValueError(f"the value of header {name} holds a line break or NUL")
-            _check_references(text)
         return value
 
     @field_validator("signature_secret")
     @classmethod
-    def _usable_secret(cls, value: str | None) -> str | None:
-        if value is not None:
-            _check_references(value)
+    def _usable_secret(cls, value: Secret | None) -> Secret | None:
+        if value is not None and not value.reveal():
+            raise ValueError("the secret is empty")
         return value
 
     @field_validator("signature_header")
@@ -121,35 +170,20 @@ class WebhookConfig(SinkConfigBase):
             raise ValueError(f"headers cannot set {self.signature_header}, the signature header")
         return self
 
-    @field_serializer("signature_secret")
-    def _masked_secret(self, value: str | None) -> str | None:
-        # A reference is safe to show (check-config prints the config); a literal is not.
-        if value is None or _ENV_REF.fullmatch(value):
-            return value
-        return "***"
-
     def build(self, context: SinkContext) -> WebhookSink:
-        """Read `${NAME}` references from the environment and open the HTTP client."""
-        headers = {
-            name: _interpolate(f"headers.{name}", text, os.environ)
-            for name, text in self.headers.items()
-        }
-        for name, text in headers.items():
-            if any(ch in text for ch in "\r\n\x00"):
-                raise ConfigError(f"headers.{name}", "the environment gives a line break or NUL")
-        secret = None
-        if self.signature_secret is not None:
-            secret = _interpolate("signature_secret", self.signature_secret, os.environ)
-            if not secret:
-                raise ConfigError("signature_secret", "the environment gives an empty secret")
+        """Open the HTTP client."""
+        standard = self.standard_webhooks
         return WebhookSink(
             self.name or f"webhook:{urlsplit(self.url).hostname}",
             self.url,
             method=self.method,
-            headers=headers,
+            headers={name: text.reveal() for name, text in self.headers.items()},
             timeout=self.timeout,
-            signature_secret=secret,
+            signature_secret=(
+                None if self.signature_secret is None else self.signature_secret.reveal()
+            ),
             signature_header=self.signature_header,
+            standard_secrets=() if standard is None else [s.reveal() for s in standard.secrets],
             verify_tls=self.verify_tls,
         )
 
@@ -171,7 +205,9 @@ class WebhookSink:
         timeout: float = 10.0,
         signature_secret: str | None = None,
         signature_header: str = "X-Bridge-Signature",
+        standard_secrets: Sequence[str] = (),
         verify_tls: bool = True,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
         self._url = url
@@ -179,6 +215,8 @@ class WebhookSink:
         self._method = method
         self._key = signature_secret.encode("utf-8") if signature_secret is not None else None
         self._signature_header = signature_header
+        self._standard_keys = [standard_key(secret) for secret in standard_secrets]
+        self._clock = clock
         self._client = httpx.Client(
             headers={"User-Agent": f"customer-bridge/{__version__}", **(headers or {})},
             timeout=timeout,
@@ -197,10 +235,27 @@ class WebhookSink:
         ).encode("utf-8")
 
     def signature(self, body: bytes) -> str | None:
-        """The signature header's value for `body`, or None without a secret."""
+        """The body HMAC header's value for `body`, or None without a secret."""
         if self._key is None:
             return None
         return "sha256=" + hmac.new(self._key, body, hashlib.sha256).hexdigest()
+
+    def signed_headers(self, body: bytes) -> dict[str, str]:
+        """The signature headers of one attempt to send `body` (none without secrets)."""
+        headers: dict[str, str] = {}
+        if self._standard_keys:
+            msg_id = delivery_id(body)
+            # The timestamp is the attempt's: a receiver refuses a signature that is too old.
+            timestamp = int(self._clock())
+            headers["webhook-id"] = msg_id
+            headers["webhook-timestamp"] = str(timestamp)
+            headers["webhook-signature"] = standard_signature(
+                self._standard_keys, msg_id, timestamp, body
+            )
+        signature = self.signature(body)
+        if signature is not None:
+            headers[self._signature_header] = signature
+        return headers
 
     def send(self, events: Sequence[DownstreamEvent]) -> None:
         """Send the batch in one request; an empty batch sends nothing."""
@@ -210,10 +265,11 @@ class WebhookSink:
             body = self.body(events)
         except (TypeError, ValueError):
             raise SinkError("the batch is not representable as JSON", permanent=True) from None
-        headers = {"Content-Type": CONTENT_TYPE, BATCH_SIZE_HEADER: str(len(events))}
-        signature = self.signature(body)
-        if signature is not None:
-            headers[self._signature_header] = signature
+        headers = {
+            "Content-Type": CONTENT_TYPE,
+            BATCH_SIZE_HEADER: str(len(events)),
+            **self.signed_headers(body),
+        }
         request = self._client.build_request(self._method, self._url, content=body, headers=headers)
         try:
             response = self._client.send(request, stream=True)

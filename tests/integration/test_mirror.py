@@ -27,6 +27,7 @@ from test_bridge_run import (  # the fixture is used by name
     wait_until,
 )
 
+from bridge.config import parse
 from bridge.errors import ConfigError, SinkError
 from bridge.events import DownstreamEvent
 from bridge.records import Op
@@ -332,18 +333,21 @@ def test_unreachable_postgres_is_a_transient_failure(tmp_path: Path) -> None:
 def test_password_comes_from_the_environment_and_never_shows(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """`password: ${NAME}` is read at build; the config's repr and the URL never hold it."""
+    """`password: ${NAME}` is read from the environment; the config's repr, dump and URL never
+    hold it."""
     monkeypatch.setenv("MIRROR_PW", "s3cr3t-pw")
-    cfg = MirrorConfig.model_validate(
-        {
-            "type": "mirror",
-            "database": "postgresql://bridge@127.0.0.1:1/mirror",
-            "password": "${MIRROR_PW}",
-        }
-    )
+    sink = {
+        "type": "mirror",
+        "database": "postgresql://bridge@127.0.0.1:1/mirror",
+        "password": "${MIRROR_PW}",
+    }
+    cfg = parse({"sinks": [sink]}).sinks[0]
+    assert isinstance(cfg, MirrorConfig)
+    assert cfg.password is not None
+    assert cfg.password.reveal() == "s3cr3t-pw"
     assert "s3cr3t-pw" not in repr(cfg)
     assert "s3cr3t-pw" not in cfg.where()
-    assert cfg.model_dump(mode="json")["password"] == "${MIRROR_PW}"
+    assert cfg.model_dump(mode="json")["password"] == "***"
     literal = MirrorConfig.model_validate(
         {"type": "mirror", "database": "postgresql://bridge@127.0.0.1:1/mirror", "password": "pw1"}
     )
@@ -372,7 +376,7 @@ STANDARD_TOPIC = f"{TENANT}/proj_{PROJECT}/v1-business-model-customer"
 def table_of(database: dict[str, str]) -> dict[tuple[str, str, str], dict[str, Any]]:
     """Every row of the mirror table, without the write time (which differs between runs)."""
     cfg = MirrorConfig.model_validate({"type": "mirror", **database})
-    sink = MirrorSink("probe", cfg.connector({}), cfg.table)
+    sink = MirrorSink("probe", cfg.connector(), cfg.table)
     try:
         store = sink.connect()
         keys = [

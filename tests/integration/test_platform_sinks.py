@@ -895,36 +895,35 @@ def test_config_builds_all_three_with_secrets_from_the_environment(
     monkeypatch.setenv("QA_SECRET", ACCESS_SECRET)
     monkeypatch.setenv("MOBILE_KEY", API_KEY)
     account = {"access_id": ACCESS_ID, "organization_id": ORGANIZATION}
-    cfg = parse(
-        {
-            "sinks": [
-                {
-                    "type": "quick_audience",
-                    "endpoint": qa.url,
-                    "app_id": APP_ID,
-                    "access_key": ACCESS_KEY,
-                    "access_secret": "${QA_SECRET}",
-                    **account,
-                },
-                {
-                    "type": "quick_audience_openapi",
-                    "endpoint": openapi.url,
-                    "access_key_id": ACCESS_KEY,
-                    "access_key_secret": ACCESS_SECRET,  # a literal, masked in dumps
-                    **account,
-                },
-                {
-                    "type": "mobile_events",
-                    "base_url": mobile.url,
-                    "api_key": "${MOBILE_KEY}",
-                    "app_id": "a",
-                    "platform": "server",
-                },
-            ]
-        }
-    )
+    document = {
+        "sinks": [
+            {
+                "type": "quick_audience",
+                "endpoint": qa.url,
+                "app_id": APP_ID,
+                "access_key": ACCESS_KEY,
+                "access_secret": "${QA_SECRET}",
+                **account,
+            },
+            {
+                "type": "quick_audience_openapi",
+                "endpoint": openapi.url,
+                "access_key_id": ACCESS_KEY,
+                "access_key_secret": ACCESS_SECRET,  # a literal, masked in dumps
+                **account,
+            },
+            {
+                "type": "mobile_events",
+                "base_url": mobile.url,
+                "api_key": "${MOBILE_KEY}",
+                "app_id": "a",
+                "platform": "server",
+            },
+        ]
+    }
+    cfg = parse(document)
     dumped = json.dumps(cfg.model_dump(mode="json"))
-    assert "${QA_SECRET}" in dumped
+    assert '"access_secret": "***"' in dumped
     assert_clean(dumped, repr(cfg), str(cfg))
     with capture_logs() as logs:
         sinks = build_sinks(cfg.sinks, context())
@@ -944,7 +943,7 @@ def test_config_builds_all_three_with_secrets_from_the_environment(
     assert (len(qa.accepted), len(openapi.accepted), len(mobile.accepted)) == (3, 3, 3)
     monkeypatch.delenv("QA_SECRET")
     with pytest.raises(ConfigError) as caught:
-        build_sinks(cfg.sinks, context())
+        parse(document)
     assert caught.value.path == "sinks[0].access_secret"
 
 
