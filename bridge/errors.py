@@ -14,6 +14,10 @@ class ConfigError(BridgeError):
         self.message = message
 
 
+class UnavailableError(BridgeError):
+    """Something the bridge needs at start is taken by another process (the health port)."""
+
+
 class BrokerError(BridgeError):
     """The broker could not be reached, or refused us."""
 

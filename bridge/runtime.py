@@ -22,12 +22,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from bridge import config as config_module
-from bridge.broker import EmbeddedBroker
 from bridge.config import Config
 from bridge.delivery import (
     Target,
@@ -50,6 +49,9 @@ from bridge.pipeline import Disposition, Outcome, Pipeline
 from bridge.sdnotify import Notifier, Watchdog
 from bridge.sinks import SinkContext, build_sinks
 from bridge.spool import ALARMS, NewRow, Row, Spool, SpoolError
+
+if TYPE_CHECKING:
+    from bridge.broker import EmbeddedBroker
 
 DRAIN_TIMEOUT = 30.0
 PRUNE_EVERY = 60.0
@@ -170,6 +172,9 @@ class Bridge:
         """Start the embedded broker if configured, the workers, and the broker connection."""
         broker = self.config.broker
         if broker.embedded:
+            # Imported only when configured: amqtt is the optional `embedded` extra.
+            from bridge.broker import EmbeddedBroker  # noqa: PLC0415
+
             self.embedded = EmbeddedBroker(broker.host, broker.port)
             self.embedded.start()
             self.log.info("embedded_broker_started", port=self.embedded.port)
