@@ -313,6 +313,6 @@ def _run(
     print(
         f"\nbridge summary: received {stats['received']}, forwarded {stats['forwarded']} "
         f"record(s), rejected {stats['rejected']}, duplicates dropped {stats['duplicates']}, "
-        f"alarms {stats['alarms']}"
+        f"alarms {stats['alarms']} {stats['alarms_by_status']}"
     )
     return 0

@@ -328,3 +328,57 @@ def test_run_imports_the_embedded_broker_only_when_configured(
     found = re.search(r"^AMQTT_MODULES=(.*)$", result.stderr, re.MULTILINE)
     assert found is not None, result.stderr
     assert bool(found.group(1)) is embedded, found.group(1)
+
+
+# --- one type per log key ---------------------------------------------------------------------
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"  # one numeric mapping; an int field printing 2.0 would still be a number
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def test_every_log_key_keeps_one_type_across_events(
+    embedded_broker: EmbeddedBroker,
+    bridges: Callable[..., BridgeProcess],  # noqa: F811
+) -> None:
+    """Across the events of a run fed the demo's traffic, each key has one JSON type (null
+    aside), as an Elasticsearch-style mapping needs."""
+    import random  # noqa: PLC0415
+
+    from bridge.demo import traffic  # noqa: PLC0415
+
+    refusing = {"type": "python", "name": "crm", "handler": "handlers:Refusing"}
+    bridge = bridges(
+        config(
+            embedded_broker,
+            [{"type": "log"}, refusing],
+            logging={"level": "debug", "format": "json", "progress_interval": 1},
+        ),
+        "types",
+    )
+    bridge.start().wait_ready()
+    rng = random.Random(14)
+    publish(embedded_broker, *((topic, payload) for _what, topic, payload in traffic(rng)))
+    bridge.wait_event("sink_gave_up", sink="crm")
+    time.sleep(1.5)  # a progress line
+    publish(embedded_broker, *((topic, payload) for _what, topic, payload in traffic(rng)))
+    bridge.wait_event("progress")
+    assert bridge.terminate() == 0
+    seen: dict[str, dict[str, str]] = {}
+    for event in bridge.events():
+        for key, value in event.items():
+            if value is not None:
+                seen.setdefault(key, {}).setdefault(_json_type(value), event["event"])
+    mixed = {key: types for key, types in seen.items() if len(types) > 1}
+    assert not mixed, f"keys with several types (type: first event): {mixed}"
+    assert {"message", "progress", "stopped", "sink_gave_up"} <= {
+        e["event"] for e in bridge.events()
+    }
