@@ -382,3 +382,30 @@ def test_every_log_key_keeps_one_type_across_events(
     assert {"message", "progress", "stopped", "sink_gave_up"} <= {
         e["event"] for e in bridge.events()
     }
+
+
+_WITHOUT_AMQTT = """
+import sys
+sys.modules["amqtt"] = None  # what a lean install looks like to `import amqtt`: ImportError
+from bridge import cli
+sys.exit(cli.main(["run", "-c", sys.argv[1]]))
+"""
+
+
+def test_embedded_broker_without_the_extra_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    """broker.embedded on an install without amqtt: exit 78 saying which extra to install."""
+    cfg = lean_config(tmp_path)
+    document = yaml.safe_load(cfg.read_text())
+    document["broker"].update(embedded=True, protocol="3.1.1")
+    cfg.write_text(yaml.safe_dump(document))
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_AMQTT, str(cfg)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 78, result.stderr
+    assert "customer-bridge[embedded]" in result.stderr
+    assert "Traceback" not in result.stderr
