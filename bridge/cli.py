@@ -181,17 +181,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         return _demo(args)
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        _fail(f"config error: {exc}")
         return EXIT_CONFIG
     except SpoolError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _fail(f"error: {exc}")
         return EXIT_CANTCREAT
     except UnavailableError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _fail(f"error: {exc}")
         return EXIT_UNAVAILABLE
     except BridgeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _fail(f"error: {exc}")
         return EXIT_SOFTWARE
+
+
+def _fail(text: str) -> None:
+    # Under systemd stderr is the journal stream too: mark the reason the service stops as an
+    # error, so `journalctl -p err` shows it next to the log's own errors.
+    prefix = f"<{logs.PRIORITIES['error']}>" if logs.connected_to_journald(sys.stderr) else ""
+    print(prefix + text, file=sys.stderr)
 
 
 def _demo(args: argparse.Namespace) -> int:

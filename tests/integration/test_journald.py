@@ -212,3 +212,37 @@ def test_no_prefix_when_stdout_is_not_the_journal_stream(tmp_path: Path) -> None
     lines = out.read_text(encoding="utf-8").splitlines()
     assert lines
     assert all(line.startswith("{") for line in lines), lines[:3]
+
+
+def test_the_reason_a_start_fails_is_stored_as_an_error(journal: Journal, tmp_path: Path) -> None:
+    """A config error (printed before logging starts, on stderr) lands at priority 3 (err)."""
+    cfg = tmp_path / "broken.yaml"
+    cfg.write_text("broker: {hots: 127.0.0.1}\nsinks: [{type: log}]\n", encoding="utf-8")
+    conn = journal.stream("customer-bridge")
+    found = os.fstat(conn.fileno())
+    env = {**os.environ, "JOURNAL_STREAM": f"{found.st_dev}:{found.st_ino}"}
+    status = subprocess.run(
+        [str(ENTRY_POINT), "run", "-c", str(cfg)],
+        stdin=subprocess.DEVNULL,
+        stdout=conn.fileno(),
+        stderr=conn.fileno(),
+        cwd=tmp_path,
+        env=env,
+        timeout=30,
+        check=False,
+    ).returncode
+    conn.close()
+    assert status == 78
+    deadline = time.monotonic() + 20
+    while True:
+        errors = [
+            e
+            for e in journal.entries("-p", "err")
+            if e.get("SYSLOG_IDENTIFIER") == "customer-bridge" and "config error" in e["MESSAGE"]
+        ]
+        if errors or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert errors, journal.entries()
+    assert int(errors[0]["PRIORITY"]) == 3
+    assert "broker.hots" in errors[0]["MESSAGE"]
