@@ -1,4 +1,4 @@
-"""`python -m bridge` is the `bridge` command."""
+"""`python -m bridge` is the `customer-bridge` command."""
 
 import sys
 

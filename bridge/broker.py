@@ -12,9 +12,15 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Self
 
-from amqtt.broker import Broker
+from bridge.errors import BrokerError, ConfigError
 
-from bridge.errors import BrokerError
+try:
+    from amqtt.broker import Broker
+except ImportError:  # pragma: no cover - the lean install, without the `embedded` extra
+    raise ConfigError(
+        "broker.embedded",
+        "the embedded broker is not installed: pip install 'customer-bridge[embedded]'",
+    ) from None
 
 # Loggers amqtt writes to: its own tree, and the state-machine library it drives sessions with.
 _AMQTT_LOGGERS = ("amqtt", "transitions")

@@ -1,4 +1,4 @@
-"""Command line: run | check-config | validate | demo. `main(argv)` returns the exit status."""
+"""Command line of `customer-bridge` (also `python -m bridge`); `main(argv)` returns the status."""
 
 from __future__ import annotations
 
@@ -7,40 +7,74 @@ import base64
 import faulthandler
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bridge import __version__, config, logs
-from bridge.errors import BridgeError, BrokerError, ConfigError
+import shtab
+
+from bridge import config, logs, version
+from bridge.errors import BridgeError, BrokerError, ConfigError, UnavailableError
 from bridge.pipeline import Disposition, Pipeline
 from bridge.sinks import SinkContext, build_sinks
 from bridge.spool import DeadLetter, Spool, SpoolError
 from bridge.topics import Selection
 from bridge.validate import Mode, Rules
 
+PROG = "customer-bridge"
 EXIT_OK = 0
 EXIT_ALARM = 1
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # also: a dead letter id that does not exist
+EXIT_NOINPUT = 66  # sysexits EX_NOINPUT: the spool file named in the config does not exist
+EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: the health port is taken
 EXIT_SOFTWARE = 70  # sysexits EX_SOFTWARE
 EXIT_CANTCREAT = 73  # sysexits EX_CANTCREAT: the spool cannot be opened or written
 EXIT_CONFIG = 78  # sysexits EX_CONFIG; the unit file's RestartPreventExitStatus
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
+
+# Commands that only print: a closed pipe (`| head`) ends them quietly, as it ends `cat`.
+_PRINTING = frozenset({"check-config", "validate", "dead-letters", "mirror", "completion"})
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: the option may be given at either level of `dead-letters -c F list -c F` and a
+    # nested parser's default must not overwrite what the outer one parsed; main() checks it.
+    option = parser.add_argument(
+        "-c", "--config", type=Path, default=argparse.SUPPRESS, help="YAML config file (required)"
+    )
+    option.complete = shtab.FILE  # type: ignore[attr-defined]
+
+
+class _Version(argparse.Action):
+    """--version, asking git (in a checkout) only when it is given."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object) -> None:
+        print(version.describe(PROG))
+        parser.exit()
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="bridge", description="Customer event bridge: MQTT in, validated records out."
+        prog=PROG, description="Customer event bridge: MQTT in, validated records out."
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--version",
+        action=_Version,
+        help="print the version and the git commit it was built from, then exit",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the bridge until SIGTERM / SIGINT")
-    run.add_argument("-c", "--config", type=Path, required=True, help="YAML config file")
+    _config_option(run)
 
     check = commands.add_parser("check-config", help="validate a config file and print it")
-    check.add_argument("-c", "--config", type=Path, required=True, help="YAML config file")
+    _config_option(check)
 
     validate = commands.add_parser(
         "validate", help="validate one payload offline and print what the bridge would do"
@@ -48,15 +82,23 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--topic", required=True, help="the inbound topic it arrived on")
     validate.add_argument("--strict", action="store_true", help="strict validation")
     validate.add_argument("--timezone", default="Asia/Shanghai", help="for date-time eventTs")
-    validate.add_argument("file", nargs="?", default="-", help="payload file, or - for stdin")
+    payload = validate.add_argument(
+        "file", nargs="?", default="-", help="payload file, or - for stdin"
+    )
+    payload.complete = shtab.FILE  # type: ignore[attr-defined]
 
     dead = commands.add_parser(
         "dead-letters", help="list, show, replay or purge what sinks gave up on"
     )
-    dead.add_argument("-c", "--config", type=Path, required=True, help="YAML config file")
-    actions = dead.add_subparsers(dest="action", required=True)
+    _config_option(dead)
+    actions = dead.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="one JSON line per dead letter (no record content)")
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument(
+        "--limit",
+        type=int,
+        default=100,
+        help="at most this many (default 100; 0 for all); stderr says when more are left",
+    )
     listing.add_argument("--after", type=int, default=0, help="only ids above this")
     show = actions.add_parser("show", help="one dead letter with its content (personal data!)")
     show.add_argument("id", type=int)
@@ -72,9 +114,11 @@ def _parser() -> argparse.ArgumentParser:
                 help="delete, instead of replaying, letters a later event of the same"
                 " customer has already overtaken at their sink",
             )
+    for action in actions.choices.values():
+        _config_option(action)
 
     mirror = commands.add_parser("mirror", help="look at a mirror sink's table without SQL")
-    views = mirror.add_subparsers(dest="action", required=True)
+    views = mirror.add_subparsers(dest="action", required=True, metavar="ACTION")
     look = views.add_parser("show", help="one customer's row (personal data masked)")
     look.add_argument("tenant")
     look.add_argument("project")
@@ -84,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     counts = views.add_parser("stats", help="rows, tombstones and stale events skipped")
     for view in (look, counts):
-        view.add_argument("-c", "--config", type=Path, required=True, help="YAML config file")
+        _config_option(view)
         view.add_argument("--sink", help="the mirror sink's name (when there are several)")
 
     demo = commands.add_parser(
@@ -99,12 +143,26 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also report to local stand-ins of Quick Audience (3.0, 2.0) and the mobile API",
     )
+
+    completion = commands.add_parser(
+        "completion",
+        help="print a shell completion script",
+        description="Print a completion script, e.g. `customer-bridge completion bash >"
+        " /etc/bash_completion.d/customer-bridge`.",
+    )
+    completion.add_argument("shell", choices=shtab.SUPPORTED_SHELLS)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `bridge` console script."""
-    args = _parser().parse_args(argv)
+    """Entry point of the `customer-bridge` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    needs_config = args.command in {"run", "check-config", "dead-letters", "mirror"}
+    if needs_config and getattr(args, "config", None) is None:
+        parser.error(f"{args.command}: the following arguments are required: -c/--config")
+    if args.command in _PRINTING and hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         if args.command == "run":
             return _run(args.config)
@@ -118,8 +176,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bridge.sinks.mirror_cli import mirror_command  # noqa: PLC0415 - its own room
 
             return mirror_command(config.load(args.config), args)
-        from bridge.demo import run_demo  # noqa: PLC0415 - only the demo needs paho's test client
+        if args.command == "completion":
+            print(shtab.complete(parser, shell=args.shell), end="")
+            return EXIT_OK
+        return _demo(args)
+    except ConfigError as exc:
+        _fail(f"config error: {exc}")
+        return EXIT_CONFIG
+    except SpoolError as exc:
+        _fail(f"error: {exc}")
+        return EXIT_CANTCREAT
+    except UnavailableError as exc:
+        _fail(f"error: {exc}")
+        return EXIT_UNAVAILABLE
+    except BridgeError as exc:
+        _fail(f"error: {exc}")
+        return EXIT_SOFTWARE
 
+
+def _fail(text: str) -> None:
+    # Under systemd stderr is the journal stream too: mark the reason the service stops as an
+    # error, so `journalctl -p err` shows it next to the log's own errors.
+    prefix = f"<{logs.PRIORITIES['error']}>" if logs.connected_to_journald(sys.stderr) else ""
+    print(prefix + text, file=sys.stderr)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from bridge.demo import run_demo  # noqa: PLC0415 - only the demo needs amqtt and paho
+
+    try:
         return run_demo(
             port=args.port,
             rounds=args.rounds,
@@ -127,15 +212,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             out=args.out,
             platforms=args.platforms,
         )
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except SpoolError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CANTCREAT
-    except BridgeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_SOFTWARE
+    except KeyboardInterrupt:
+        # A second Ctrl-C while the first one drains: stop now, without a traceback.
+        print("\ninterrupted again: stopped without draining", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `demo | head`: the reader left; nothing more to show.
+        _silence_stdout()
+        return EXIT_OK
+
+
+def _silence_stdout() -> None:
+    # Python flushes stdout once more at exit: point it at /dev/null so that flush is quiet.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _run(path: Path) -> int:
@@ -169,12 +259,17 @@ def _check_config(path: Path) -> int:
 
 def _dead_letters(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
+    # Opening a spool creates it: a mistyped spool.path must not leave an empty one behind.
+    if not cfg.spool.path.exists():
+        print(
+            f"no spool at {cfg.spool.path} (spool.path in {args.config}): nothing to look at",
+            file=sys.stderr,
+        )
+        return EXIT_NOINPUT
     spool = Spool(cfg.spool.path, synchronous=cfg.spool.synchronous)
     try:
         if args.action == "list":
-            for letter in spool.dead_letters(limit=args.limit, after=args.after):
-                print(json.dumps(_describe(letter), ensure_ascii=False))
-            return EXIT_OK
+            return _list(spool, args.limit, args.after)
         if args.action == "show":
             found = spool.dead_letter(args.id)
             if found is None:
@@ -188,16 +283,49 @@ def _dead_letters(args: argparse.Namespace) -> int:
             print(json.dumps(shown, ensure_ascii=False, indent=2))
             return EXIT_OK
         ids = None if args.all else list(args.ids)
-        if args.action == "replay":
-            return _replay(spool, ids, skip=args.skip_superseded)
-        else:
-            print(f"purged {spool.purge(ids)}")
-        return EXIT_OK
+        # Like `show`: an id that does not exist is an error (exit 2), named on stderr; the
+        # ids that do exist are still acted on, as `rm a b` removes `a` when `b` is missing.
+        missing = [] if ids is None else [i for i in ids if spool.dead_letter(i) is None]
+        if ids is not None:
+            ids = [i for i in ids if i not in missing]
+        if ids is None or ids:
+            if args.action == "replay":
+                _replay(spool, ids, skip=args.skip_superseded)
+            else:
+                print(f"purged {spool.purge(ids)}")
+        for letter_id in missing:
+            print(f"no dead letter {letter_id}", file=sys.stderr)
+        return EXIT_USAGE if missing else EXIT_OK
     finally:
         spool.close()
 
 
-def _replay(spool: Spool, ids: list[int] | None, *, skip: bool) -> int:
+def _list(spool: Spool, limit: int, after: int) -> int:
+    if limit < 0:
+        print("--limit must be 0 (all) or more", file=sys.stderr)
+        return EXIT_USAGE
+    last = after
+    page = 1000 if limit == 0 else limit
+    shown = 0
+    while True:
+        letters = spool.dead_letters(limit=page, after=last)
+        for letter in letters:
+            print(json.dumps(_describe(letter), ensure_ascii=False))
+        shown += len(letters)
+        if letters:
+            last = letters[-1].id
+        if len(letters) < page or limit != 0:
+            break
+    if limit and shown == limit and spool.dead_letters(limit=1, after=last):
+        print(
+            f"listed the first {limit}; more after id {last}: --after {last} for the next,"
+            " --limit 0 for all",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def _replay(spool: Spool, ids: list[int] | None, *, skip: bool) -> None:
     done = spool.replay_in_order(ids, skip_overtaken=skip)
     print(f"replayed {done.replayed} in arrival order (unreadable payloads cannot be replayed)")
     if done.overtaken:
@@ -207,7 +335,6 @@ def _replay(spool: Spool, ids: list[int] | None, *, skip: bool) -> int:
             f"{what} {len(done.overtaken)} overtaken by a later event of the same customer"
             f" at their sink: {' '.join(str(i) for i in done.overtaken)}"
         )
-    return EXIT_OK
 
 
 def _describe(letter: DeadLetter) -> dict[str, Any]:

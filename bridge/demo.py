@@ -1,4 +1,4 @@
-"""`bridge demo`: the bridge on the embedded broker, fed with sample traffic a newcomer can watch.
+"""`customer-bridge demo`: the bridge on the embedded broker, fed traffic a newcomer can watch.
 
 A stand-in for the platform publishes valid and invalid envelopes (the source
 document's samples among them); the demo prints what the bridge forwarded (via
@@ -274,7 +274,7 @@ def _run(
     )
     logs.configure("warning", "console")
     bridge = Bridge(cfg, logs.get_logger())
-    print(f"bridge demo: embedded MQTT broker on 127.0.0.1:{port}")
+    print(f"customer-bridge demo: embedded MQTT broker on 127.0.0.1:{port}")
     print(f"  subscribed to {cfg.subscription.selection().filters()}; records also go to {jsonl}")
     for standin in standins:
         print(f"  {standin.kind} stand-in on {standin.url}")
@@ -311,8 +311,8 @@ def _run(
     _show_platforms(standins)
     stats = bridge.summary()
     print(
-        f"\nbridge summary: received {stats['received']}, forwarded {stats['forwarded']} "
+        f"\ncustomer-bridge summary: received {stats['received']}, forwarded {stats['forwarded']} "
         f"record(s), rejected {stats['rejected']}, duplicates dropped {stats['duplicates']}, "
-        f"alarms {stats['alarms']}"
+        f"alarms {stats['alarms']} {stats['alarms_by_status']}"
     )
     return 0

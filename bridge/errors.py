@@ -28,6 +28,10 @@ class ConfigError(BridgeError):
         return cls(path, message, more=tuple(more))
 
 
+class UnavailableError(BridgeError):
+    """Something the bridge needs at start is taken by another process (the health port)."""
+
+
 class BrokerError(BridgeError):
     """The broker could not be reached, or refused us."""
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from bridge.errors import BridgeError
+from bridge.errors import UnavailableError
 
 Readiness = Callable[[], dict[str, bool]]
 """Named conditions; the bridge is ready when all are true."""
@@ -26,7 +26,7 @@ class HealthServer:
         try:
             self._server = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
-            raise BridgeError(f"cannot listen on {host}:{port} for health: {exc}") from None
+            raise UnavailableError(f"cannot listen on {host}:{port} for health: {exc}") from None
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="health", daemon=True
@@ -50,8 +50,17 @@ class HealthServer:
 def _handler(readiness: Readiness, metrics: Callable[[], bytes]) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "customer-bridge"
+        _head = False
+
+        def do_HEAD(self) -> None:
+            """What GET would answer, without the body (uptime checkers and `curl -I`)."""
+            self._answer(head=True)
 
         def do_GET(self) -> None:
+            self._answer(head=False)
+
+        def _answer(self, *, head: bool) -> None:
+            self._head = head
             path = self.path.split("?", 1)[0]
             if path == "/healthz":
                 self._send(200, "application/json", b'{"status":"ok"}')
@@ -70,7 +79,8 @@ def _handler(readiness: Readiness, metrics: Callable[[], bytes]) -> type[BaseHTT
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if not self._head:
+                self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:
             """Probes every few seconds would flood the log; stay quiet."""

@@ -1,12 +1,14 @@
 """Structured logging: JSON lines for journald, console output on a terminal, personal data masked.
 
-Log to stdout and let journald (or the container runtime) do the rest.
+Log to stdout and let journald (or the container runtime) do the rest. Under systemd each line
+starts with the syslog priority `<N>` that journald takes as the entry's PRIORITY.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
@@ -20,6 +22,16 @@ LEVELS = {
     "info": logging.INFO,
     "warning": logging.WARNING,
     "error": logging.ERROR,
+}
+
+
+# structlog level name -> syslog priority (RFC 5424), the numbers `journalctl -p` filters on.
+PRIORITIES = {
+    "debug": 7,
+    "info": 6,
+    "warning": 4,
+    "error": 3,
+    "critical": 2,
 }
 
 
@@ -65,14 +77,42 @@ def redact_processor(
     return redact(event_dict)  # type: ignore[no-any-return]
 
 
+def connected_to_journald(stream: TextIO) -> bool:
+    """True when `stream` is the journald stream systemd gave us (it sets JOURNAL_STREAM)."""
+    # systemd sets JOURNAL_STREAM=<device>:<inode> of the socket; stdout redirected to a file or
+    # a pipe under the same unit no longer matches, and gets no prefix.
+    expected = os.environ.get("JOURNAL_STREAM")
+    if not expected:
+        return False
+    try:
+        found = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return expected == f"{found.st_dev}:{found.st_ino}"
+
+
+class PriorityPrefix:
+    """Wraps a renderer: every line gets the `<N>` prefix journald reads as the priority."""
+
+    def __init__(self, render: Any) -> None:
+        self._render = render
+
+    def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> str:
+        # Read before rendering: the console renderer takes keys out of the event.
+        priority = PRIORITIES.get(str(event_dict.get("level", "info")), PRIORITIES["info"])
+        text = str(self._render(logger, method, event_dict))
+        return "\n".join(f"<{priority}>{line}" for line in text.split("\n"))
+
+
 def configure(
     level: str = "info",
     fmt: str = "auto",
     *,
     redact_personal: bool = True,
     stream: TextIO | None = None,
+    journald: bool | None = None,
 ) -> None:
-    """Configure structlog once for the process."""
+    """Configure structlog once for the process; `journald` None: find out from JOURNAL_STREAM."""
     out = stream or sys.stdout
     reconfigure = getattr(out, "reconfigure", None)
     if callable(reconfigure):
@@ -87,18 +127,18 @@ def configure(
     ]
     if redact_personal:
         processors.append(redact_processor)
+    render: Any
     if console:
         # Plain tracebacks: rich's would print local variables, personal data among them.
-        processors.append(
-            structlog.dev.ConsoleRenderer(
-                colors=False, exception_formatter=structlog.dev.plain_traceback
-            )
+        render = structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
         )
     else:
-        processors += [
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(ensure_ascii=False),
-        ]
+        processors.append(structlog.processors.format_exc_info)
+        render = structlog.processors.JSONRenderer(ensure_ascii=False)
+    if connected_to_journald(out) if journald is None else journald:
+        render = PriorityPrefix(render)
+    processors.append(render)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -35,6 +36,9 @@ from bridge.sdnotify import Notifier, Watchdog
 from bridge.sinks import SinkContext, build_sinks
 from bridge.spool import ALARMS, NewRow, Row, Spool
 from bridge.status import Stats, Status
+
+if TYPE_CHECKING:
+    from bridge.broker import EmbeddedBroker
 
 DRAIN_TIMEOUT = 30.0
 READY_GRACE = 60.0
@@ -71,7 +75,7 @@ class Bridge:
         self._stopped = threading.Event()
         selection = config.subscription.selection()
         self.pipeline = Pipeline(config.validation.rules(), selection)
-        self.embedded: object | None = None
+        self.embedded: EmbeddedBroker | None = None
         self.publisher = Publisher(config.broker, self.log)
         spool = config.spool
         self.spool = Spool(
@@ -150,12 +154,12 @@ class Bridge:
         """Start the embedded broker if configured, the workers, and the broker connection."""
         broker = self.config.broker
         if broker.embedded:
-            from bridge.broker import EmbeddedBroker  # noqa: PLC0415 - an extra, for the demo
+            # Imported only when configured: amqtt is the optional `embedded` extra.
+            from bridge.broker import EmbeddedBroker  # noqa: PLC0415
 
-            embedded = EmbeddedBroker(broker.host, broker.port)
-            embedded.start()
-            self.embedded = embedded
-            self.log.info("embedded_broker_started", port=embedded.port)
+            self.embedded = EmbeddedBroker(broker.host, broker.port)
+            self.embedded.start()
+            self.log.info("embedded_broker_started", port=self.embedded.port)
         known = {worker.name for worker in self.workers}
         orphans = {t: n for t, n in self.spool.targets().items() if t not in known}
         if orphans:
@@ -235,7 +239,7 @@ class Bridge:
         if self.health is not None:
             self.health.stop()
         if self.embedded is not None:
-            self.embedded.stop()  # type: ignore[attr-defined]
+            self.embedded.stop()
         self._stopped.set()
         self.log.info("stopped", **self.summary())
 

@@ -983,7 +983,7 @@ def test_unknown_keys_and_bad_urls_are_config_errors() -> None:
 
 
 def test_demo_shows_records_arriving_at_the_three_stand_ins(tmp_path: Path) -> None:
-    """`bridge demo --rounds 1 --platforms` ends with each stand-in's events, masked."""
+    """`customer-bridge demo --rounds 1 --platforms` ends with each stand-in's events, masked."""
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     result = subprocess.run(
         [sys.executable, "-m", "bridge", "demo", "--rounds", "1", "--platforms"],

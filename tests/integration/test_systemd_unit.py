@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "customer-bridge.service"
-BINARY = "/opt/customer-bridge/bin/bridge"
+BINARY = "/opt/customer-bridge/bin/customer-bridge"
 MAX_EXPOSURE = 1.5  # docs/operations.md records the score; raise this only with a reason there
 
 ANALYZE = shutil.which("systemd-analyze")
@@ -46,7 +46,7 @@ def unit(tmp_path: Path) -> Path:
     `verify` fails when the ExecStart binary does not exist, and /opt/customer-bridge exists
     only on an installed host; everything else in the copy is the shipped unit.
     """
-    stub = tmp_path / "bin" / "bridge"
+    stub = tmp_path / "bin" / "customer-bridge"
     stub.parent.mkdir()
     stub.write_text("#!/bin/sh\nexit 0\n")
     stub.chmod(0o755)
@@ -105,6 +105,8 @@ def test_unit_pins_the_contract_with_the_bridge() -> None:
         "Service.ConfigurationDirectory": ["customer-bridge"],
         "Service.CapabilityBoundingSet": [""],
         "Service.RestrictAddressFamilies": ["AF_UNIX AF_INET AF_INET6"],
+        "Service.StandardOutput": ["journal"],
+        "Service.SyslogLevelPrefix": ["yes"],
     }
     assert {key: found.get(key) for key in expected} == expected
     assert found["Service.ExecStart"] == [
