@@ -134,6 +134,8 @@ class Bridge:
             synchronous=spool.synchronous,
             dedup_max_keys=spool.dedup_max_keys,
             dedup_max_age=spool.dedup_max_age,
+            storage=spool.storage(),
+            logger=self.log,
         )
         self._intake_lock = threading.Lock()
         self.workers = [self._sink_worker(t, config) for t in self.targets]
@@ -158,6 +160,7 @@ class Bridge:
             connected=self.mqtt.subscribed.is_set,
             backpressure=lambda: self.backpressure,
         )
+        self.metrics.watch_spool(self.spool)
         self._intake = threading.Thread(target=self._work, name="bridge-intake", daemon=True)
         self._last_prune = 0.0
         self._last_progress = time.monotonic()
@@ -219,6 +222,7 @@ class Bridge:
             "subscribed": self.mqtt.subscribed.is_set(),
             "spool_writable": self.spool_writable,
             "accepting": not self.backpressure,
+            "spool_room": self.spool.has_room(),
         }
 
     def wait_ready(self, timeout: float) -> bool:
@@ -358,6 +362,8 @@ class Bridge:
     def _update_status(self) -> None:
         if not self.spool_writable:
             text = "spool not writable; nothing is acknowledged"
+        elif self.backpressure and not self.spool.room_ok:
+            text = "back-pressure: spool volume below its free-space floor"
         elif self.backpressure:
             text = f"back-pressure: spool full ({self.spool.pending} rows)"
         elif self.mqtt.subscribed.is_set():
@@ -461,10 +467,17 @@ class Bridge:
 
     def _wait_for_room(self) -> None:
         limit = self.config.spool.max_pending
-        while self.spool.pending >= limit and not self.stopping.is_set():
+        while (
+            self.spool.pending >= limit or not self.spool.has_room()
+        ) and not self.stopping.is_set():
             if not self.backpressure:
                 self.backpressure = True
-                self.log.warning("backpressure_on", spool_pending=self.spool.pending, limit=limit)
+                self.log.warning(
+                    "backpressure_on",
+                    spool_pending=self.spool.pending,
+                    limit=limit,
+                    reason="spool_room" if not self.spool.room_ok else "max_pending",
+                )
             self.watchdog.beat("intake")
             self.stopping.wait(0.2)
         if self.backpressure:
