@@ -71,6 +71,12 @@ _LOOKS_PERSONAL = re.compile(
     r"|(?:\+\s?86[\s-]?)?(?<![0-9])[0-9](?:[\s\-.()/]{0,2}[0-9]){6,}(?![0-9])"
 )
 _CANDIDATE = re.compile(r"[0-9@]")  # a cheap first look: most strings have neither
+# A record quoted inside text (a sink's error answer echoing the request): `"name": "..."`,
+# `name=...`. The value of a named key is masked whatever it looks like.
+_QUOTED_FIELD = re.compile(
+    r"""(?P<q>["']?)(?P<key>[A-Za-z][A-Za-z_\-]*)(?P=q)\s*[:=]\s*"""
+    r"""(?P<value>"(?:[^"\\]|\\.)*"|'[^']*'|[^\s,;&}\]]+)"""
+)
 
 
 def mask(value: object) -> str:
@@ -82,10 +88,23 @@ def mask(value: object) -> str:
 
 
 def mask_text(text: str) -> str:
-    """`text` with whatever looks like a phone, an ID number or an e-mail address masked."""
+    """`text` with whatever looks like a phone, an ID number or an e-mail address masked,
+    and the values of named fields quoted in it (`"name": "..."`)."""
+    if ":" in text or "=" in text:
+        text = _QUOTED_FIELD.sub(_mask_quoted, text)
     if _CANDIDATE.search(text) is None:
         return text
     return _LOOKS_PERSONAL.sub(lambda m: mask(m.group(0)), text)
+
+
+def _mask_quoted(match: re.Match[str]) -> str:
+    if _norm(match.group("key")) not in _MASKED:
+        return match.group(0)
+    value = match.group("value")
+    quote = value[0] if value[:1] in ('"', "'") else ""
+    inner = value[1:-1] if quote else value
+    start = match.start("value") - match.start(0)
+    return match.group(0)[:start] + quote + mask(inner) + quote
 
 
 def _number(value: int | float) -> int | float | str:
