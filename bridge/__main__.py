@@ -1,7 +1,17 @@
-"""`python -m bridge` is the `bridge` command."""
+"""`python -m bridge` and the `bridge` command: stop signals first, then the command line."""
 
 import sys
 
-from bridge.cli import main
+from bridge.signals import catch_early
 
-sys.exit(main())
+
+def main() -> int:
+    """The entry point: catch SIGTERM before the (slow) imports of the bridge, then run it."""
+    catch_early(sys.argv)
+    from bridge.cli import main as command  # noqa: PLC0415 - only after the signals are caught
+
+    return command()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -48,6 +48,7 @@ from bridge.metrics import Metrics, field_label
 from bridge.mqtt import MqttClient
 from bridge.pipeline import Disposition, Outcome, Pipeline
 from bridge.sdnotify import Notifier, Watchdog
+from bridge.signals import requested as early_stop
 from bridge.sinks import SinkContext, build_sinks
 from bridge.spool import ALARMS, NewRow, Row, Spool, SpoolError
 
@@ -272,6 +273,12 @@ class Bridge:
 
         previous = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
+        if early_stop.is_set():  # asked to stop while loading: nothing was taken, nothing is
+            self.spool.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.log.info("stopped_before_start")
+            return 0
         try:
             self.start()
             while not requested.wait(0.5):

@@ -252,6 +252,7 @@ class Spool:
         self._sync_now = synchronous
         self._reserve_path = path.with_name(path.name + ".reserve")
         self._room_ok = True
+        self._batch_bytes = 0  # a decaying maximum of what one intake commit wrote
         self._room_lock = threading.Lock()  # the intake and a scrape may both look
         self._raw_usage: tuple[int, int] | None = None
         try:
@@ -270,7 +271,8 @@ class Spool:
             self._page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
             pages = min(max(self.floor // (2 * self._page), 16), 1000)
             self._db.execute(f"PRAGMA wal_autocheckpoint={pages}")
-            self._db.execute(f"PRAGMA journal_size_limit={2 * pages * self._page}")
+            self._log_limit = 2 * pages * self._page
+            self._db.execute(f"PRAGMA journal_size_limit={self._log_limit}")
             self._db.executescript(_SCHEMA)
             _migrate_order(self._db)
             _migrate_payload_metadata(self._db)
@@ -316,11 +318,19 @@ class Spool:
             reusable = self._page * int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
         available = free + reusable
         with self._room_lock:
-            # A quarter above the floor before taking again, so the intake does not flap.
-            needed = self.floor if self._room_ok else self.floor + self.floor // 4
+            # The next commit must fit above the floor too (its table and index pages; the
+            # log keeps room for it, below), up to a second floor: on a small volume with
+            # large batches the room inside the spool alone must still let the intake on.
+            # A quarter above before taking again, so the intake does not flap.
+            needed = self.floor + min(2 * self._batch_bytes, self.floor)
+            if not self._room_ok:
+                needed += self.floor // 4
             enough = available >= needed
             if enough != self._room_ok:
                 self._room_ok = enough
+                if not enough:
+                    with self._lock:
+                        self._checkpoint()  # nothing left in the log needing room later
                 self._emit(
                     "info" if enough else "warning",
                     "spool_room_regained" if enough else "spool_room_low",
@@ -427,10 +437,17 @@ class Spool:
             except sqlite3.Error as exc:
                 self._rollback()
                 self._raw_usage = None
+                if _disk_full(exc):
+                    self._checkpoint()  # the next try may then fit in the log as it is
                 raise SpoolError(f"cannot write the spool: {exc}") from None
             self._pending += len(rows)
             if usage is not None:
                 self._raw_usage = usage
+            written = sum(len(r.body) + len(r.okey) + 64 for r in rows)
+            written += sum(len(k) + 32 for k in seen_keys)
+            written += sum(min(len(p), RAW_PAYLOAD_LIMIT) + 160 for _, p, _ in raw_payloads)
+            self._batch_bytes = max(written, self._batch_bytes * 15 // 16)
+            self._keep_log_room(2 * self._batch_bytes)
         if rows:
             self._notify({r.target for r in rows})
 
@@ -471,6 +488,14 @@ class Spool:
                     (excess,),
                 )
         return count, size
+
+    def _keep_log_room(self, size: int) -> None:
+        # Called with the lock held. The log is cut back after a checkpoint to this size,
+        # never below: the space it keeps takes the next commits even on a full volume.
+        if size > self._log_limit:
+            self._log_limit = size
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute(f"PRAGMA journal_size_limit={size}")
 
     def _payload_usage(self) -> tuple[int, int]:
         # Called with the lock held: the raw payload letters and the bytes they keep.
@@ -615,7 +640,7 @@ class Spool:
             _mark_overtaken(db, ids, time.time())
             db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
 
-        self._write(delete, -len(ids))
+        self._write(delete, -len(ids), frees=True)
 
     def retry(self, ids: Sequence[int], next_at: float, error: str) -> None:
         """Count a failed attempt and set when to try again."""
@@ -660,7 +685,7 @@ class Spool:
                 [(a.target, a.okey, a.body, now) for a in alarms],
             )
 
-        self._write(move, len(alarms) - len(rows))
+        self._write(move, len(alarms) - len(rows), frees=True)
         if alarms:
             self._notify({a.target for a in alarms})
 
@@ -862,10 +887,11 @@ class Spool:
             self._db.close()
         self._notify(None)
 
-    def _write(self, change: Any, pending_delta: int) -> None:
-        # The workers' writes (a delivered row deleted, a retry, a dead letter): when the
-        # disk is full, the reserve is given up and the write tried once more, so that
-        # delivering goes on and frees room for the intake.
+    def _write(self, change: Any, pending_delta: int, *, frees: bool = False) -> None:
+        # The workers' writes (a delivered row deleted, a retry, a dead letter). When the
+        # disk is full, a write that makes progress (`frees`: rows delivered or given up)
+        # gets the reserve and is tried once more, so that delivering goes on and frees room
+        # for the intake; a retry counted while the sink is down never spends it.
         with self._lock:
             for last in (False, True):
                 try:
@@ -876,11 +902,26 @@ class Spool:
                     self._db.execute("COMMIT")
                 except sqlite3.Error as exc:
                     self._rollback()
-                    if not last and _disk_full(exc) and self._release_reserve():
-                        continue
+                    if not last and frees and _disk_full(exc):
+                        # The log may hold pages the database file must grow for: with the
+                        # reserve's room the checkpoint moves them and the log starts over.
+                        released = self._release_reserve()
+                        if self._checkpoint() or released:
+                            continue
                     raise SpoolError(f"cannot write the spool: {exc}") from None
                 break
             self._pending += pending_delta
+
+    def _checkpoint(self) -> bool:
+        # Called with the lock held: move the log into the database, so that no page waits
+        # in it for room the volume may not have later, and have the next commit write the
+        # log from its start. The log file keeps its size (not TRUNCATE): another program
+        # on the volume could take that room, and the next commits need it.
+        try:
+            busy = self._db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
+        except sqlite3.Error:
+            return False
+        return not busy
 
     def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error):  # no transaction was open
