@@ -15,6 +15,7 @@ import random
 import re
 import sqlite3
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -306,3 +307,207 @@ def test_deleting_delivered_rows_works_on_a_volume_filled_past_the_floor(tmp_pat
         finally:
             spool.close()
     print(f"\n[faults] 2c. {stored} rows on a full 3 MiB volume all deleted after the reserve")
+
+
+# --- observation 3: garbage cannot fill the disk --------------------------------------------------
+
+
+def hostile(count: int, seed: int) -> list[Message]:
+    """`count` distinct payloads no reader can make sense of: random bytes, torn JSON, text
+    that is not UTF-8 (distinct, or the de-duplication window would drop the repeats)."""
+    rng = random.Random(seed)
+    made = []
+    for n in range(count):
+        size = rng.randrange(200, 3000)
+        shape = n % 3
+        if shape == 0:
+            payload = rng.randbytes(size)
+        elif shape == 1:
+            payload = b'{"msgId": "junk-%d", "events": {"add": ' % n + b"[" * (size // 10)
+        else:
+            payload = ("\u5783\u573e" * (size // 6)).encode() + b"\xff\xfe%d" % n
+        made.append(Message(f"junk-{n:05d}", "", 0, False, payload))
+    return made
+
+
+def test_a_producer_sending_garbage_fills_only_the_quota(
+    mosquitto: Mosquitto, bridges: Bridges, tmp_path: Path
+) -> None:
+    """20,000 hostile payloads among 1,000 good messages: raw payloads stop at the quota, then
+    metadata only, then only a count; the spool stays small and every good message arrives."""
+    good = traffic(1000, "good", seed=SEED, invalid_share=0.0)
+    junk = hostile(20000, SEED)
+    mixed = good + junk
+    random.Random(SEED).shuffle(mixed)
+    spool = tmp_path / "state" / "spool.db"
+    out = tmp_path / "crm.jsonl"
+    quota = {
+        "unreadable_max_count": 500,
+        "unreadable_max_bytes": "256KiB",
+        "unreadable_max_metadata": 5000,
+    }
+    cfg = bridge_config(
+        mosquitto,
+        [{"type": "jsonl", "name": "crm", "path": str(out)}],
+        spool,
+        client_id="garbage",
+        spool_options=quota,
+    )
+    bridge = bridges(cfg, "garbage-").start().wait_ready()
+    publisher = Publisher(mosquitto, mixed).start()
+
+    def unreadable() -> dict[str, int]:
+        text = health(bridge, "/metrics")[1]
+        return {
+            kept: int(gauge(text, "bridge_unreadable_payloads", f'{{kept="{kept}"}}'))
+            for kept in ("raw", "metadata", "forgotten")
+        }
+
+    try:
+        wait_until(
+            lambda: sum(unreadable().values()) >= len(junk),
+            DRAIN,
+            lambda: f"every hostile payload accounted for ({unreadable()})",
+            bridge,
+        )
+        wait_until(
+            lambda: len({e["msgId"] for e in read_events(out)}) >= len(good),
+            DRAIN,
+            "every good message in the jsonl file",
+            bridge,
+        )
+        counted = unreadable()
+        assert bridge.terminate() == 0
+    finally:
+        publisher.close()
+    size = sum(
+        p.stat().st_size for p in (spool, spool.with_name(spool.name + "-wal")) if p.exists()
+    )
+    raw_kept = dead_letter_count(spool, "kind = 'payload' AND LENGTH(body) > 0")
+    letters_bytes = dead_letter_bytes(spool)
+    delivered = {e["msgId"] for e in read_events(out)}
+    print(
+        f"\n[faults] 3. garbage: sent={len(mixed)} (good {len(good)}, hostile {len(junk)})"
+        f" delivered={len(delivered & {m.msg_id for m in good})} kept raw={counted['raw']}"
+        f" metadata only={counted['metadata']} only counted={counted['forgotten']}"
+        f" payload letters {letters_bytes / MiB:.2f} MiB, spool {size / MiB:.1f} MiB"
+        f" (its alarms still queued included); seed {SEED}"
+    )
+    assert delivered >= {m.msg_id for m in good}
+    assert counted["raw"] == raw_kept <= 500
+    assert counted["metadata"] == 5000
+    assert sum(counted.values()) == len(junk)
+    # 256 KiB raw, and 5,000 rows of metadata; 61,450 raw letters once made a 91 MB spool
+    assert letters_bytes < 2 * MiB
+
+
+def dead_letter_bytes(spool: Path) -> int:
+    """What the unreadable-payload letters keep: bodies, reasons, topics and digests."""
+    db = sqlite3.connect(f"file:{spool}?mode=ro", uri=True)
+    try:
+        row = db.execute(
+            "SELECT SUM(LENGTH(body) + LENGTH(reason) + LENGTH(topic) + LENGTH(digest) + 24)"
+            " FROM dead WHERE kind = 'payload'"
+        ).fetchone()
+        return int(row[0] or 0)
+    finally:
+        db.close()
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """The jsonl sink's finished lines."""
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
+
+
+# --- observation 6: figures true beside a CLI run ------------------------------------------------
+
+
+def cli(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`bridge dead-letters ...` as an operator runs it beside the daemon."""
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", "dead-letters", "-c", str(config_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_replay_beside_the_daemon_shows_at_once_in_its_figures(
+    mosquitto: Mosquitto, bridges: Bridges, alarms: AlarmProbe, hook: HookServer, tmp_path: Path
+) -> None:
+    """Dead letters replayed by the CLI beside the running daemon: its pending gauge, dead
+    letter gauge and back-pressure follow the spool at once, and the gauge is never negative."""
+    first = traffic(300, "rp", seed=SEED)
+    later = traffic(100, "rp-later", seed=SEED + 1)
+    spool = tmp_path / "state" / "spool.db"
+    cfg = bridge_config(
+        mosquitto,
+        [webhook_sink(hook)],
+        spool,
+        client_id="replay-beside",
+        spool_options={"max_pending": 100, "intake_batch": 20},
+        delivery={"alarm_on_give_up": False},
+    )
+    hook.start(400)  # refuses every record for good: each becomes a dead letter
+    bridge = bridges(cfg, "replay-").start().wait_ready()
+    publisher = Publisher(mosquitto, first + later).start(allowed=len(first))
+    valid = sum(1 for m in first if m.valid)
+    seen: list[float] = []
+
+    def metrics() -> str:
+        text = health(bridge, "/metrics")[1]
+        seen.append(gauge(text, "bridge_spool_pending"))
+        return text
+
+    try:
+        wait_until(
+            lambda: gauge(metrics(), "bridge_dead_letters_stored", '{kind="event"}') == valid,
+            DRAIN,
+            "every valid record a dead letter",
+            bridge,
+        )
+        assert gauge(metrics(), "bridge_spool_pending") == 0
+        hook.status = 503  # the receiver is failing for now: what is replayed waits
+        replayed = cli(bridge.config_path, "replay", "--all")
+        assert replayed.returncode == 0, replayed.stderr
+        assert f"replayed {valid}" in replayed.stdout
+        text = metrics()
+        assert gauge(text, "bridge_spool_pending") == outbox_rows(spool) == valid
+        assert gauge(text, "bridge_dead_letters_stored", '{kind="event"}') == 0
+        publisher.allow(len(first) + len(later))  # more than max_pending is waiting now
+        bridge.wait_event("backpressure_on")
+        assert json.loads(health(bridge, "/readyz")[1])["checks"]["accepting"] is False
+        hook.status = 200
+        wait_until(
+            all_out(first + later, lambda: msg_ids(hook.received()), alarms.source_ids),
+            DRAIN,
+            lambda: f"all out ({len(hook.received())} at the receiver)",
+            bridge,
+        )
+        wait_until(lambda: outbox_rows(spool) == 0, WAIT_SHORT, "an empty outbox", bridge)
+        assert gauge(metrics(), "bridge_spool_pending") == 0
+        bridge.wait_event("backpressure_off")
+        assert bridge.terminate() == 0
+    finally:
+        publisher.close()
+    figures = tally(
+        "6. replay beside the daemon",
+        first + later,
+        msg_ids(hook.received()),
+        alarms.source_ids(),
+    )
+    report(
+        figures,
+        f"| replayed {valid} beside it; pending gauge min {min(seen):.0f},"
+        f" max {max(seen):.0f} over {len(seen)} scrapes; seed {SEED}",
+    )
+    assert min(seen) >= 0
+    assert figures.lost == []
+    assert figures.duplicated == 0
+
+
+WAIT_SHORT = 20.0
