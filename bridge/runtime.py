@@ -137,6 +137,7 @@ class Bridge:
             dedup_max_age=spool.dedup_max_age,
             storage=spool.storage(),
             logger=self.log,
+            hold_reserve=True,
         )
         self._intake_lock = threading.Lock()
         self.workers = [self._sink_worker(t, config) for t in self.targets]

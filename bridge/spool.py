@@ -234,6 +234,7 @@ class Spool:
         dedup_max_age: float = 7 * 24 * 3600.0,
         storage: Storage | None = None,
         logger: Any = None,
+        hold_reserve: bool = False,
     ) -> None:
         self.path = path
         self.storage = storage or Storage()
@@ -285,6 +286,8 @@ class Spool:
             self._db.execute("COMMIT")
         except (sqlite3.Error, OSError) as exc:
             raise SpoolError(f"cannot open the spool at {path}: {exc}") from None
+        # The daemon's; a CLI run beside it (as root, perhaps) leaves the volume as it is.
+        self._holds_reserve = hold_reserve
         self._hold_reserve()
 
     # sizes
@@ -360,6 +363,8 @@ class Spool:
         """Create the reserve file if the volume can spare it above the floor."""
         if self._reserve_path.exists():
             return True
+        if not self._holds_reserve:
+            return False
         try:
             volume = os.statvfs(self.path.parent)
             if volume.f_bavail * volume.f_frsize < self.reserve + self.floor:

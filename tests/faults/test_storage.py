@@ -289,7 +289,7 @@ def test_deleting_delivered_rows_works_on_a_volume_filled_past_the_floor(tmp_pat
     from bridge.spool import NewRow, Spool  # noqa: PLC0415 - the spool alone, in this test
 
     with small_volume(tmp_path / "volume", 3 * MiB) as volume:
-        spool = Spool(volume / "spool.db", synchronous="NORMAL")
+        spool = Spool(volume / "spool.db", synchronous="NORMAL", hold_reserve=True)
         try:
             assert spool.reserve_held
             body = json.dumps({"customer": {"id": "c", "note": "x" * 1500}})

@@ -29,7 +29,7 @@ def path(tmp_path: Path) -> Path:
 def spool(path: Path) -> Iterator[Spool]:
     """A spool with a small payload quota: 3 raw payloads or 100 bytes, 5 metadata rows."""
     storage = Storage(unreadable_max_count=3, unreadable_max_bytes=100, unreadable_max_metadata=5)
-    opened = Spool(path, synchronous="NORMAL", storage=storage)
+    opened = Spool(path, synchronous="NORMAL", storage=storage, hold_reserve=True)
     try:
         yield opened
     finally:
@@ -148,6 +148,17 @@ def test_the_reserve_file_holds_its_space(path: Path, spool: Spool) -> None:
     assert reserve.stat().st_size == spool.reserve
     assert spool.room().reserve_held
     assert spool.has_room()
+
+
+def test_a_spool_opened_by_the_cli_holds_no_reserve(tmp_path: Path) -> None:
+    """Only the daemon holds the reserve: a CLI run beside it creates no file there."""
+    other = tmp_path / "cli" / "spool.db"
+    spool = Spool(other)
+    try:
+        assert not spool.room().reserve_held
+        assert not other.with_name("spool.db.reserve").exists()
+    finally:
+        spool.close()
 
 
 def test_free_pages_inside_the_spool_count_as_room(path: Path, spool: Spool) -> None:
