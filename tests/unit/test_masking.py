@@ -193,3 +193,24 @@ def test_masking_any_structure_hides_the_value_placed_in_it(value: tuple[Any, st
     """Whatever the nesting, the masked copy never holds the personal value."""
     shown, secret = value
     assert secret not in json.dumps(masking.redact({"field": shown}), ensure_ascii=False)
+
+
+def test_mirror_show_masks_a_phone_in_remark_and_space_ids() -> None:
+    """`mirror show` masks named columns and, in the others, whatever looks personal."""
+    from bridge.sinks.mirror_cli import masked  # noqa: PLC0415 - the mirror's own module
+
+    row = {
+        "tenant": "acme",
+        "project_id": "1117745722292428800",
+        "id": "c-9",
+        "name": "王小明",
+        "remark": "call 13912345678",
+        "space_ids": ["s-1", "13911112222"],
+        "age": 30,
+    }
+    shown = json.dumps(masked(row), ensure_ascii=False)
+    for value in ("王小明", "13912345678", "13911112222"):
+        assert value not in shown
+    assert masked(row)["project_id"] == "1117745722292428800"
+    assert masked(row)["id"] == "c-9"
+    assert masked(row)["age"] == 30
