@@ -137,7 +137,9 @@ def test_sigterm_at_start_exits_0_having_taken_nothing(
             if b'"subscribed"' not in stdout:
                 taken_early.append(seen_keys(spool) - before)
         assert taken_early and set(taken_early) == {0}, taken_early
-        again = bridges(cfg, "again-").start()
+        # Up and subscribed first: the late SIGTERMs may have delivered all already, and one
+        # sent in the interpreter's own start (before any line of the bridge) is its death.
+        again = bridges(cfg, "again-").start().wait_ready()
         wait_until(
             all_out(
                 messages, lambda: [e["msgId"] for e in read_jsonl(out).events], alarms.source_ids
