@@ -16,7 +16,7 @@ from typing import Any
 
 import shtab
 
-from bridge import config, logs, version
+from bridge import config, logs, masking, version
 from bridge.errors import BridgeError, BrokerError, ConfigError, UnavailableError
 from bridge.pipeline import Disposition, Pipeline
 from bridge.sinks import SinkContext, build_sinks
@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
         "file", nargs="?", default="-", help="payload file, or - for stdin"
     )
     payload.complete = shtab.FILE  # type: ignore[attr-defined]
+    validate.add_argument(
+        "--reveal", action="store_true", help="show personal data in clear (it is printed!)"
+    )
 
     dead = commands.add_parser(
         "dead-letters", help="list, show, replay or purge what sinks gave up on"
@@ -100,8 +103,11 @@ def _parser() -> argparse.ArgumentParser:
         help="at most this many (default 100; 0 for all); stderr says when more are left",
     )
     listing.add_argument("--after", type=int, default=0, help="only ids above this")
-    show = actions.add_parser("show", help="one dead letter with its content (personal data!)")
+    show = actions.add_parser("show", help="one dead letter with its content (masked)")
     show.add_argument("id", type=int)
+    show.add_argument(
+        "--reveal", action="store_true", help="show personal data in clear (it is printed!)"
+    )
     for name, text in (("replay", "put back in the outbox"), ("purge", "delete for good")):
         action = actions.add_parser(name, help=text)
         which = action.add_mutually_exclusive_group(required=True)
@@ -169,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-config":
             return _check_config(args.config)
         if args.command == "validate":
-            return _validate(args.topic, args.file, args.strict, args.timezone)
+            return _validate(args.topic, args.file, args.strict, args.timezone, args.reveal)
         if args.command == "dead-letters":
             return _dead_letters(args)
         if args.command == "mirror":
@@ -277,9 +283,13 @@ def _dead_letters(args: argparse.Namespace) -> int:
                 return EXIT_USAGE
             shown = _describe(found)
             try:
-                shown["content"] = json.loads(found.body)
+                content = json.loads(found.body)
+                shown["content"] = content if args.reveal else masking.redact(content)
             except ValueError:
-                shown["content_base64"] = base64.b64encode(found.body).decode()
+                if args.reveal:
+                    shown["content_base64"] = base64.b64encode(found.body).decode()
+                else:
+                    shown["content_masked"] = masking.mask_text(found.body.decode(errors="replace"))
             print(json.dumps(shown, ensure_ascii=False, indent=2))
             return EXIT_OK
         ids = None if args.all else list(args.ids)
@@ -342,7 +352,7 @@ def _describe(letter: DeadLetter) -> dict[str, Any]:
         "id": letter.id,
         "sink": letter.target,
         "kind": letter.kind,
-        "reason": letter.reason,
+        "reason": masking.mask_text(letter.reason),  # a sink's answer may quote a record
         "topic": letter.topic,
         "msgId": letter.msg_id,
         "attempts": letter.attempts,
@@ -352,10 +362,21 @@ def _describe(letter: DeadLetter) -> dict[str, Any]:
         "customer": letter.okey.replace("\x1f", "/") or None,
         "arrival": letter.seq,
         "overtaken": letter.overtaken_at is not None,
+        **_payload_fields(letter),
     }
 
 
-def _validate(topic: str, source: str, strict: bool, timezone: str) -> int:
+def _payload_fields(letter: DeadLetter) -> dict[str, Any]:
+    if letter.kind != "payload":
+        return {}
+    return {
+        "kept": "metadata" if letter.metadata_only else "raw",
+        "size": letter.size,
+        "sha256": letter.digest,
+    }
+
+
+def _validate(topic: str, source: str, strict: bool, timezone: str, reveal: bool = False) -> int:
     try:
         payload = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
     except OSError as exc:
@@ -374,7 +395,8 @@ def _validate(topic: str, source: str, strict: bool, timezone: str) -> int:
         "forward": [event.to_dict() for event in outcome.forward],
         "alarms": [alarm.to_dict() for alarm in outcome.alarms],
     }
-    print(json.dumps(result, ensure_ascii=False, indent=2))
+    shown = result if reveal else masking.redact(result)
+    print(json.dumps(shown, ensure_ascii=False, indent=2))
     return EXIT_ALARM if outcome.alarms else EXIT_OK
 
 

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    ByteSize,
     ConfigDict,
     Field,
     ValidationError,
@@ -21,6 +22,7 @@ from pydantic import (
 from bridge.errors import ConfigError
 from bridge.secrets import Secret, interpolate_document, read_secret_file
 from bridge.sinks import SinkConfig
+from bridge.spool import Storage
 from bridge.topics import ANY, Selection, check_segments, check_share_group
 from bridge.validate import Mode, Rules
 
@@ -240,6 +242,25 @@ class SpoolConfig(_Model):
     intake_batch: int = Field(default=1000, ge=1)
     dedup_max_keys: int = Field(default=1_000_000, ge=1)
     dedup_max_age: float = Field(default=8 * 24 * 3600.0, gt=0)
+    # The volume: a floor the intake stops at, a reserve for deleting, a quota for garbage.
+    min_free: ByteSize | None = None
+    """Free space (`64MiB`) below which nothing more is taken; none: 10 % of the volume."""
+    reserve: ByteSize | None = None
+    """Space held in a file, given up when the disk is full; none: 2 % of the volume."""
+    unreadable_max_count: int = Field(default=1000, ge=0)
+    unreadable_max_bytes: ByteSize = ByteSize(4 * 1024 * 1024)
+    unreadable_max_metadata: int = Field(default=100_000, ge=0)
+    """Unreadable payloads past the quota kept as metadata; beyond it only counted."""
+
+    def storage(self) -> Storage:
+        """The volume's rules as the spool takes them."""
+        return Storage(
+            min_free=None if self.min_free is None else int(self.min_free),
+            reserve=None if self.reserve is None else int(self.reserve),
+            unreadable_max_count=self.unreadable_max_count,
+            unreadable_max_bytes=int(self.unreadable_max_bytes),
+            unreadable_max_metadata=self.unreadable_max_metadata,
+        )
 
 
 class HealthConfig(_Model):

@@ -10,13 +10,17 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
-MASKED_KEYS = frozenset({"phone", "idNumber", "contractPhone", "email", "address"})
-DROPPED_KEYS = frozenset({"facePhoto"})
+from bridge.masking import DROPPED_FIELDS, MASKED_FIELDS, mask, redact, redact_event
+
+__all__ = ["DROPPED_KEYS", "MASKED_KEYS", "configure", "get_logger", "mask", "redact"]
+
+MASKED_KEYS = MASKED_FIELDS
+DROPPED_KEYS = DROPPED_FIELDS
 LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -35,46 +39,11 @@ PRIORITIES = {
 }
 
 
-def mask(value: object) -> str:
-    """Hide a personal value, keeping at most its last two characters as a hint."""
-    text = str(value)
-    if len(text) <= 4:
-        return "***"
-    return "*" * (len(text) - 2) + text[-2:]
-
-
-_PLAIN = frozenset({str, int, float, bool, type(None)})
-
-
-def redact(value: Any) -> Any:
-    """A copy of `value` with personal fields masked or dropped, at any depth."""
-    # type() tests first: isinstance against the Mapping ABC is slow, and log fields are
-    # mostly plain scalars.
-    kind = type(value)
-    if kind in _PLAIN:
-        return value
-    if kind is dict or isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            if key in DROPPED_KEYS:
-                continue
-            if key in MASKED_KEYS and item is not None:
-                out[key] = mask(item)
-            elif type(item) in _PLAIN:
-                out[key] = item
-            else:
-                out[key] = redact(item)
-        return out
-    if isinstance(value, list | tuple):
-        return [redact(item) for item in value]
-    return value
-
-
 def redact_processor(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """structlog processor applying `redact` to every field of an event."""
-    return redact(event_dict)  # type: ignore[no-any-return]
+    """structlog processor masking personal data in every field of an event (SPEC 8)."""
+    return redact_event(event_dict)
 
 
 def connected_to_journald(stream: TextIO) -> bool:
@@ -126,7 +95,8 @@ def configure(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if redact_personal:
-        processors.append(redact_processor)
+        # The traceback as text first, so that what an exception quotes is masked too.
+        processors += [structlog.processors.format_exc_info, redact_processor]
     render: Any
     if console:
         # Plain tracebacks: rich's would print local variables, personal data among them.
@@ -134,7 +104,8 @@ def configure(
             colors=False, exception_formatter=structlog.dev.plain_traceback
         )
     else:
-        processors.append(structlog.processors.format_exc_info)
+        if not redact_personal:
+            processors.append(structlog.processors.format_exc_info)
         render = structlog.processors.JSONRenderer(ensure_ascii=False)
     if connected_to_journald(out) if journald is None else journald:
         render = PriorityPrefix(render)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import platform
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -24,6 +25,9 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from bridge.spool import Spool
 
 from bridge import __version__
 from bridge.alarms import CODE_INVALID, CODE_SINK_GAVE_UP, MESSAGE_STATUS, status_of
@@ -285,6 +289,62 @@ class Metrics:
         self._scraped.heartbeats = heartbeats
         self._scraped.heartbeat_limit = heartbeat_limit
 
+    def watch_spool(self, spool: Spool) -> None:
+        """Export what the spool holds, read from the spool at scrape time (true across
+        processes), and the room on its volume."""
+        self.registry.register(_SpoolCollector(spool))
+
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)
+
+
+class _SpoolCollector(Collector):
+    """Dead letters, unreadable payloads and free space, counted in the spool when scraped."""
+
+    def __init__(self, spool: Spool) -> None:
+        self._spool = spool
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """No samples at registration: the spool is read at scrape time only."""
+        return iter(())
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """One read of the spool per scrape."""
+        spool = self._spool
+        stored = GaugeMetricFamily(
+            "bridge_dead_letters_stored", "Dead letters in the spool, by kind", labels=["kind"]
+        )
+        counts = spool.dead_counts()
+        for kind in ("event", "alarm", "payload"):
+            stored.add_metric([kind], counts.get(kind, 0))
+        yield stored
+        unreadable = GaugeMetricFamily(
+            "bridge_unreadable_payloads",
+            "Unreadable payloads: kept raw, as metadata only past the quota, or only counted",
+            labels=["kept"],
+        )
+        for kept, n in spool.unreadable().items():
+            unreadable.add_metric([kept], n)
+        yield unreadable
+        room = spool.room()
+        yield GaugeMetricFamily(
+            "bridge_spool_free_bytes",
+            "Bytes new rows can take: free on the spool's volume plus free inside the spool",
+            value=room.available,
+        )
+        yield GaugeMetricFamily(
+            "bridge_spool_floor_bytes",
+            "Below this the intake takes nothing (the broker keeps the messages)",
+            value=room.floor,
+        )
+        yield GaugeMetricFamily(
+            "bridge_spool_room",
+            "1 while the volume is above the floor, 0 while the intake waits for room",
+            value=float(room.enough),
+        )
+        yield GaugeMetricFamily(
+            "bridge_spool_reserve_held",
+            "1 while the reserve file holds its space; 0 once a full disk made it give it up",
+            value=float(room.reserve_held),
+        )

@@ -33,6 +33,7 @@ from bridge.metrics import Metrics
 from bridge.mqtt import Publisher
 from bridge.pipeline import Pipeline
 from bridge.sdnotify import Notifier, Watchdog
+from bridge.signals import requested as early_stop
 from bridge.sinks import SinkContext, build_sinks
 from bridge.spool import ALARMS, NewRow, Row, Spool
 from bridge.status import Stats, Status
@@ -83,6 +84,9 @@ class Bridge:
             synchronous=spool.synchronous,
             dedup_max_keys=spool.dedup_max_keys,
             dedup_max_age=spool.dedup_max_age,
+            storage=spool.storage(),
+            logger=self.log,
+            hold_reserve=True,
         )
         self.status = Status(
             self.metrics,
@@ -90,6 +94,7 @@ class Bridge:
             self.log,
             pending=lambda: self.spool.pending,
             subscribed=lambda: self.connection.subscribed.is_set(),  # noqa: PLW0108 - built below
+            room_ok=lambda: self.spool.room_ok,
         )
         self.targets = self._build_targets(config)
         self.workers = [self._sink_worker(t, config) for t in self.targets]
@@ -142,6 +147,7 @@ class Bridge:
             heartbeats=self.watchdog.ages,
             heartbeat_limit=self.watchdog.stale_after,
         )
+        self.metrics.watch_spool(self.spool)
 
     @property
     def stats(self) -> Stats:
@@ -208,6 +214,7 @@ class Bridge:
             "subscribed": self.connection.subscribed.is_set(),
             "spool_writable": self.status.spool_writable,
             "accepting": not self.status.backpressure,
+            "spool_room": self.spool.has_room(),
         }
 
     def wait_ready(self, timeout: float) -> bool:
@@ -256,6 +263,12 @@ class Bridge:
 
         previous = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
+        if early_stop.is_set():  # asked to stop while loading: nothing was taken, nothing is
+            self.spool.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.log.info("stopped_before_start")
+            return 0
         try:
             self.start()
             while not requested.wait(0.5):

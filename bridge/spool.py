@@ -11,12 +11,20 @@ and survives a crash of the process, but may lose the last commits on power loss
 The level applies to the intake's commits, which precede acks; the workers' commits
 (delivered rows deleted, retries counted, dead letters) always run at `NORMAL`: a power
 cut can only undo them, and an undone one means a repeat, never a loss.
+
+The volume is watched (`Storage`): below a free-space floor the intake is told there is no
+room (it stops taking messages, the broker keeps them), a reserve file is given up when a
+worker's write finds the disk full, so that deleting delivered rows always works, and the
+log is checkpointed in steps small against the volume. Unreadable payloads are kept raw up to
+a quota, then as metadata only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -31,6 +39,8 @@ ALARMS = "@alarms"
 """The outbox target of alarms; sinks have their configured names."""
 
 RAW_PAYLOAD_LIMIT = 4096
+MiB = 1024 * 1024
+_SQLITE_FULL = 13
 _ROW = "id, target, okey, body, created, attempts, next_at"
 
 _SCHEMA = """
@@ -83,8 +93,70 @@ def _migrate_order(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS dead_by_customer ON dead (target, okey)")
 
 
+def _migrate_payload_metadata(db: sqlite3.Connection) -> None:
+    """Give unreadable payloads their size and digest, kept even when the body is not."""
+    columns = {str(row[1]) for row in db.execute("PRAGMA table_info(dead)")}
+    if "size" not in columns:
+        db.execute("ALTER TABLE dead ADD COLUMN size INTEGER")
+    if "digest" not in columns:
+        db.execute("ALTER TABLE dead ADD COLUMN digest TEXT")
+    db.execute("CREATE TABLE IF NOT EXISTS tally (name TEXT PRIMARY KEY, n INTEGER NOT NULL)")
+
+
 class SpoolError(BridgeError):
     """The spool could not be opened or written (unwritable directory, disk full)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Storage:
+    """What the spool may take of its volume, and of it for unreadable payloads.
+
+    `min_free` and `reserve` are bytes; None sizes them to the volume (10 % of it between
+    256 KiB and 256 MiB, and 2 % between 256 KiB and 16 MiB), so a small volume is not held
+    back whole and a large one not left to fill.
+    """
+
+    min_free: int | None = None
+    reserve: int | None = None
+    unreadable_max_count: int = 1000
+    unreadable_max_bytes: int = 4 * MiB
+    unreadable_max_metadata: int = 100_000
+    """Metadata-only payload letters kept beyond the quota; older ones are only counted."""
+
+    def sized(self, volume: int) -> tuple[int, int]:
+        """The floor and the reserve, in bytes, for a volume of `volume` bytes."""
+        floor = self.min_free
+        if floor is None:
+            floor = min(max(volume // 10, MiB // 4), 256 * MiB)
+        reserve = self.reserve
+        if reserve is None:
+            reserve = min(max(volume // 50, MiB // 4), 16 * MiB)
+        return floor, reserve
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    """Space on the spool's volume, as the intake's floor sees it."""
+
+    free: int
+    """Bytes free on the volume (for an unprivileged writer)."""
+    reusable: int
+    """Bytes of free pages inside the spool, which new rows take before the volume."""
+    floor: int
+    reserve: int
+    reserve_held: bool
+    enough: bool
+    """Whether the intake may write (below the floor it waits; it resumes a quarter above)."""
+
+    @property
+    def available(self) -> int:
+        """What new rows can take: free on the volume plus free inside the spool."""
+        return self.free + self.reusable
+
+    def why(self) -> str:
+        """A short reason for readiness and logs (no path, no data)."""
+        state = "room" if self.enough else "below the floor"
+        return f"{state}: {self.available} bytes available, floor {self.floor}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +204,15 @@ class DeadLetter:
     """The record's place in arrival order (its outbox id), None in spools older than it."""
     overtaken_at: float | None = None
     """When a later event of the same customer reached the same sink, if one has."""
+    size: int | None = None
+    """An unreadable payload's length as it came (its body may be cut, or not kept)."""
+    digest: str | None = None
+    """An unreadable payload's SHA-256 (hex), to match reports without its content."""
+
+    @property
+    def metadata_only(self) -> bool:
+        """Whether only the metadata of this payload was kept (past the quota)."""
+        return self.kind == "payload" and not self.body and bool(self.size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +234,13 @@ class Spool:
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
         dedup_max_keys: int = 100_000,
         dedup_max_age: float = 7 * 24 * 3600.0,
+        storage: Storage | None = None,
+        logger: Any = None,
+        hold_reserve: bool = False,
     ) -> None:
         self.path = path
+        self.storage = storage or Storage()
+        self._log = logger
         self._dedup_max_keys = dedup_max_keys
         self._dedup_max_age = dedup_max_age
         self._lock = threading.Lock()
@@ -167,29 +253,148 @@ class Spool:
         self._versions: dict[str, int] = {}
         self._synchronous = synchronous
         self._sync_now = synchronous
+        self._reserve_path = path.with_name(path.name + ".reserve")
+        self._room_ok = True
+        self._batch_bytes = 0  # a decaying maximum of what one intake commit wrote
+        self._room_lock = threading.Lock()  # the intake and a scrape may both look
+        self._raw_usage: tuple[int, int] | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            volume = os.statvfs(path.parent)
+            self.floor, self.reserve = self.storage.sized(volume.f_blocks * volume.f_frsize)
             self._db = sqlite3.connect(
                 str(path), check_same_thread=False, isolation_level=None, timeout=30.0
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
+            # Nothing of the spool's in temporary files elsewhere, and the log checkpointed
+            # in steps a fraction of the floor: a checkpoint must fit in what the floor
+            # keeps free, and a log grown once (a large replay) is cut back after it.
+            self._db.execute("PRAGMA temp_store=MEMORY")
+            self._page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+            pages = min(max(self.floor // (2 * self._page), 16), 1000)
+            self._db.execute(f"PRAGMA wal_autocheckpoint={pages}")
+            self._log_limit = 2 * pages * self._page
+            self._db.execute(f"PRAGMA journal_size_limit={self._log_limit}")
             self._db.executescript(_SCHEMA)
             _migrate_order(self._db)
-            self._pending = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+            _migrate_payload_metadata(self._db)
+            self._data_version = -1
+            self._pending = 0
+            self._refresh()
             # Prove now that we can write, rather than at the first message.
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("DELETE FROM seen WHERE 0")
             self._db.execute("COMMIT")
         except (sqlite3.Error, OSError) as exc:
             raise SpoolError(f"cannot open the spool at {path}: {exc}") from None
+        # The daemon's; a CLI run beside it (as root, perhaps) leaves the volume as it is.
+        self._holds_reserve = hold_reserve
+        self._hold_reserve()
 
     # sizes
 
     @property
     def pending(self) -> int:
-        """Rows waiting in the outbox."""
-        return self._pending
+        """Rows waiting in the outbox, true across processes (a CLI replay beside us)."""
+        with self._lock:
+            self._refresh()
+            return self._pending
+
+    def _refresh(self) -> None:
+        # Called with the lock held. `data_version` changes only when another connection
+        # (another process) committed: then the counts kept here are read again.
+        version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        if version != self._data_version:
+            self._data_version = version
+            self._pending = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+            self._raw_usage = None
+
+    # room
+
+    def room(self) -> Room:
+        """Free space as the floor counts it, and whether the intake may write."""
+        try:
+            volume = os.statvfs(self.path.parent)
+            free = volume.f_bavail * volume.f_frsize
+        except OSError:
+            free = 0
+        with self._lock:
+            reusable = self._page * int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+        available = free + reusable
+        with self._room_lock:
+            # The next commit must fit above the floor too (its table and index pages; the
+            # log keeps room for it, below), up to a second floor: on a small volume with
+            # large batches the room inside the spool alone must still let the intake on.
+            # A quarter above before taking again, so the intake does not flap.
+            needed = self.floor + min(2 * self._batch_bytes, self.floor)
+            if not self._room_ok:
+                needed += self.floor // 4
+            enough = available >= needed
+            if enough != self._room_ok:
+                self._room_ok = enough
+                if not enough:
+                    with self._lock:
+                        self._checkpoint()  # nothing left in the log needing room later
+                self._emit(
+                    "info" if enough else "warning",
+                    "spool_room_regained" if enough else "spool_room_low",
+                    available=available,
+                    floor=self.floor,
+                )
+            held = self._reserve_path.exists()
+            if enough and not held:
+                held = self._hold_reserve()
+        return Room(free, reusable, self.floor, self.reserve, held, enough)
+
+    def has_room(self) -> bool:
+        """Whether the intake may store more (the volume is above the floor)."""
+        return self.room().enough
+
+    @property
+    def room_ok(self) -> bool:
+        """The last answer of `room`, without looking again (for probes)."""
+        return self._room_ok
+
+    @property
+    def reserve_held(self) -> bool:
+        """Whether the reserve file still holds its space."""
+        return self._reserve_path.exists()
+
+    def _hold_reserve(self) -> bool:
+        """Create the reserve file if the volume can spare it above the floor."""
+        if self._reserve_path.exists():
+            return True
+        if not self._holds_reserve:
+            return False
+        try:
+            volume = os.statvfs(self.path.parent)
+            if volume.f_bavail * volume.f_frsize < self.reserve + self.floor:
+                return False
+            fd = os.open(self._reserve_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, self.reserve)
+            finally:
+                os.close(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self._reserve_path.unlink()
+            return False
+        self._emit("info", "spool_reserve_held", bytes=self.reserve)
+        return True
+
+    def _release_reserve(self) -> bool:
+        try:
+            self._reserve_path.unlink()
+        except OSError:
+            return False
+        self._emit("warning", "spool_reserve_released", bytes=self.reserve)
+        return True
+
+    def _emit(self, level: str, event: str, **fields: Any) -> None:
+        if self._log is not None:
+            with contextlib.suppress(Exception):  # a log line must not break a write
+                getattr(self._log, level)(event, spool=str(self.path), **fields)
 
     def oldest_age(self, now: float | None = None) -> float:
         """Seconds the oldest pending row has waited (0 when empty)."""
@@ -216,12 +421,14 @@ class Spool:
     ) -> None:
         """Insert outbox rows, de-duplication keys and unreadable payloads in one transaction.
 
-        `raw_payloads` are (topic, payload, reason); payloads are truncated to 4 KiB.
+        `raw_payloads` are (topic, payload, reason); payloads are truncated to 4 KiB, and
+        past the quota (`Storage.unreadable_max_*`) only their size and digest are kept.
         Raises SpoolError when the commit fails: nothing of it is stored then.
         """
         at = now or time.time()
         with self._lock:
             try:
+                self._refresh()
                 self._set_sync(self._synchronous)
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.executemany(
@@ -232,18 +439,102 @@ class Spool:
                     "INSERT OR REPLACE INTO seen (key, at) VALUES (?, ?)",
                     [(key, at) for key in seen_keys],
                 )
-                self._db.executemany(
-                    "INSERT INTO dead (target, kind, body, reason, topic, created)"
-                    " VALUES ('', 'payload', ?, ?, ?, ?)",
-                    [(p[:RAW_PAYLOAD_LIMIT], why, topic, at) for topic, p, why in raw_payloads],
-                )
+                usage = self._store_payloads(raw_payloads, at) if raw_payloads else None
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
+                self._raw_usage = None
+                if _disk_full(exc):
+                    self._checkpoint()  # the next try may then fit in the log as it is
                 raise SpoolError(f"cannot write the spool: {exc}") from None
             self._pending += len(rows)
+            if usage is not None:
+                self._raw_usage = usage
+            written = sum(len(r.body) + len(r.okey) + 64 for r in rows)
+            written += sum(len(k) + 32 for k in seen_keys)
+            written += sum(min(len(p), RAW_PAYLOAD_LIMIT) + 160 for _, p, _ in raw_payloads)
+            self._batch_bytes = max(written, self._batch_bytes * 15 // 16)
+            self._keep_log_room(2 * self._batch_bytes)
         if rows:
             self._notify({r.target for r in rows})
+
+    def _store_payloads(
+        self, payloads: Sequence[tuple[str, bytes, str]], at: float
+    ) -> tuple[int, int]:
+        # Called inside the intake's transaction. Raw up to the quota, then metadata only;
+        # metadata rows beyond their own bound are deleted oldest first and only counted.
+        storage = self.storage
+        count, size = self._raw_usage or self._payload_usage()
+        kept: list[tuple[bytes, str, str, float, int, str]] = []
+        for topic, payload, why in payloads:
+            body = payload[:RAW_PAYLOAD_LIMIT]
+            digest = hashlib.sha256(payload).hexdigest()
+            if (
+                count < storage.unreadable_max_count
+                and size + len(body) <= storage.unreadable_max_bytes
+            ):
+                count, size = count + 1, size + len(body)
+            else:
+                body = b""
+            kept.append((body, why, topic, at, len(payload), digest))
+        self._db.executemany(
+            "INSERT INTO dead (target, kind, body, reason, topic, created, size, digest)"
+            " VALUES ('', 'payload', ?, ?, ?, ?, ?, ?)",
+            kept,
+        )
+        if any(not body for body, *_ in kept):
+            excess = self._db.execute(
+                "DELETE FROM dead WHERE id IN (SELECT id FROM dead WHERE kind = 'payload'"
+                " AND LENGTH(body) = 0 ORDER BY id DESC LIMIT -1 OFFSET ?)",
+                (storage.unreadable_max_metadata,),
+            ).rowcount
+            if excess:
+                self._db.execute(
+                    "INSERT INTO tally (name, n) VALUES ('payloads_forgotten', ?)"
+                    " ON CONFLICT (name) DO UPDATE SET n = n + excluded.n",
+                    (excess,),
+                )
+        return count, size
+
+    def _keep_log_room(self, size: int) -> None:
+        # Called with the lock held. The log is cut back after a checkpoint to this size,
+        # never below: the space it keeps takes the next commits even on a full volume.
+        if size > self._log_limit:
+            self._log_limit = size
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute(f"PRAGMA journal_size_limit={size}")
+
+    def _payload_usage(self) -> tuple[int, int]:
+        # Called with the lock held: the raw payload letters and the bytes they keep.
+        row = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM dead"
+            " WHERE kind = 'payload' AND LENGTH(body) > 0"
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
+    def unreadable(self) -> dict[str, int]:
+        """Unreadable payloads: kept raw, kept as metadata only, and forgotten past both."""
+        with self._lock:
+            rows = dict(
+                self._db.execute(
+                    "SELECT LENGTH(body) > 0, COUNT(*) FROM dead WHERE kind = 'payload'"
+                    " GROUP BY LENGTH(body) > 0"
+                ).fetchall()
+            )
+            forgotten = self._db.execute(
+                "SELECT n FROM tally WHERE name = 'payloads_forgotten'"
+            ).fetchone()
+        return {
+            "raw": int(rows.get(1, 0)),
+            "metadata": int(rows.get(0, 0)),
+            "forgotten": int(forgotten[0]) if forgotten else 0,
+        }
+
+    def dead_counts(self) -> dict[str, int]:
+        """Dead letters by kind (event, alarm, payload), read from the spool itself."""
+        with self._lock:
+            rows = self._db.execute("SELECT kind, COUNT(*) FROM dead GROUP BY kind").fetchall()
+        return {str(kind): int(n) for kind, n in rows}
 
     def seen(self, keys: Iterable[str]) -> set[str]:
         """Which of `keys` are inside the de-duplication window."""
@@ -356,7 +647,7 @@ class Spool:
             _mark_overtaken(db, ids, time.time())
             db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
 
-        self._write(delete, -len(ids))
+        self._write(delete, -len(ids), frees=True)
 
     def retry(self, ids: Sequence[int], next_at: float, error: str) -> None:
         """Count a failed attempt and set when to try again."""
@@ -401,7 +692,7 @@ class Spool:
                 [(a.target, a.okey, a.body, now) for a in alarms],
             )
 
-        self._write(move, len(alarms) - len(rows))
+        self._write(move, len(alarms) - len(rows), frees=True)
         if alarms:
             self._notify({a.target for a in alarms})
 
@@ -412,12 +703,26 @@ class Spool:
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, target, kind, body, reason, topic, msg_id, attempts, created,"
-                " okey, seq, overtaken_at FROM dead WHERE id > ? ORDER BY id LIMIT ?",
+                " okey, seq, overtaken_at, size, digest FROM dead WHERE id > ?"
+                " ORDER BY id LIMIT ?",
                 (after, limit),
             ).fetchall()
         return [
             DeadLetter(
-                r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11]
+                r[0],
+                r[1],
+                r[2],
+                bytes(r[3]),
+                r[4],
+                r[5],
+                r[6],
+                r[7],
+                r[8],
+                r[9],
+                r[10],
+                r[11],
+                r[12],
+                r[13],
             )
             for r in rows
         ]
@@ -518,6 +823,7 @@ class Spool:
     def purge(self, ids: Sequence[int] | None) -> int:
         """Delete dead letters (all when `ids` is None)."""
         with self._lock:
+            self._raw_usage = None
             try:
                 if ids is None:
                     return int(self._db.execute("DELETE FROM dead").rowcount)
@@ -595,17 +901,41 @@ class Spool:
             self._db.close()
         self._notify(None)
 
-    def _write(self, change: Any, pending_delta: int) -> None:
+    def _write(self, change: Any, pending_delta: int, *, frees: bool = False) -> None:
+        # The workers' writes (a delivered row deleted, a retry, a dead letter). When the
+        # disk is full, a write that makes progress (`frees`: rows delivered or given up)
+        # gets the reserve and is tried once more, so that delivering goes on and frees room
+        # for the intake; a retry counted while the sink is down never spends it.
         with self._lock:
-            try:
-                self._set_sync("NORMAL")
-                self._db.execute("BEGIN IMMEDIATE")
-                change(self._db)
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._rollback()
-                raise SpoolError(f"cannot write the spool: {exc}") from None
+            for last in (False, True):
+                try:
+                    self._refresh()
+                    self._set_sync("NORMAL")
+                    self._db.execute("BEGIN IMMEDIATE")
+                    change(self._db)
+                    self._db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    self._rollback()
+                    if not last and frees and _disk_full(exc):
+                        # The log may hold pages the database file must grow for: with the
+                        # reserve's room the checkpoint moves them and the log starts over.
+                        released = self._release_reserve()
+                        if self._checkpoint() or released:
+                            continue
+                    raise SpoolError(f"cannot write the spool: {exc}") from None
+                break
             self._pending += pending_delta
+
+    def _checkpoint(self) -> bool:
+        # Called with the lock held: move the log into the database, so that no page waits
+        # in it for room the volume may not have later, and have the next commit write the
+        # log from its start. The log file keeps its size (not TRUNCATE): another program
+        # on the volume could take that room, and the next commits need it.
+        try:
+            busy = self._db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
+        except sqlite3.Error:
+            return False
+        return not busy
 
     def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error):  # no transaction was open
@@ -625,6 +955,11 @@ def _mark_overtaken(db: sqlite3.Connection, ids: Sequence[int], at: float) -> No
             " AND d.overtaken_at IS NULL)",
             [at, *chunk],
         )
+
+
+def _disk_full(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code == _SQLITE_FULL or "full" in str(exc)
 
 
 def _msg_id(row: Row) -> str | None:

@@ -58,6 +58,7 @@ class Status:
         *,
         pending: Callable[[], int],
         subscribed: Callable[[], bool],
+        room_ok: Callable[[], bool] = lambda: True,
     ) -> None:
         self.stats = Stats()
         self.metrics = metrics
@@ -67,6 +68,7 @@ class Status:
         self._log = logger
         self._pending = pending
         self._subscribed = subscribed
+        self._room_ok = room_ok
         self._lock = threading.Lock()  # give-up alarms are counted from the workers' threads
         self._received_by: dict[str, Any] = {}
         # A debug line per message costs as much as validating it: built only when it shows.
@@ -195,6 +197,8 @@ class Status:
         """The one-line state systemd shows (`systemctl status`)."""
         if not self.spool_writable:
             return "spool not writable; nothing is acknowledged"
+        if self.backpressure and not self._room_ok():
+            return "back-pressure: spool volume below its free-space floor"
         if self.backpressure:
             return f"back-pressure: spool full ({self._pending()} rows)"
         if self._subscribed():

@@ -160,10 +160,17 @@ class Intake:
 
     def _wait_for_room(self) -> None:
         spool, status, limit = self._spool, self._status, self._max_pending
-        while spool.pending >= limit and not self.stopping.is_set():
+        # Two reasons to wait: the outbox is full, or the spool's volume is below its free-space
+        # floor (the workers go on delivering and deleting; the broker keeps what we do not take).
+        while (spool.pending >= limit or not spool.has_room()) and not self.stopping.is_set():
             if not status.backpressure:
                 status.backpressure = True
-                self._log.warning("backpressure_on", spool_pending=spool.pending, limit=limit)
+                self._log.warning(
+                    "backpressure_on",
+                    spool_pending=spool.pending,
+                    limit=limit,
+                    reason="spool_room" if not spool.room_ok else "max_pending",
+                )
             self._beat()
             self.stopping.wait(0.2)
         if status.backpressure:

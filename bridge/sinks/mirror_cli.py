@@ -8,7 +8,7 @@ import sys
 from datetime import datetime
 from typing import Any
 
-from bridge import logs
+from bridge import logs, masking
 from bridge.config import Config
 from bridge.errors import BridgeError, ConfigError, SinkError
 from bridge.sinks.mirror import MirrorConfig, MirrorSink
@@ -62,8 +62,8 @@ def masked(row: dict[str, Any]) -> dict[str, Any]:
             shown[column] = logs.mask(value)
         elif column in {"extra", "meta"}:
             shown[column] = logs.redact(value)
-        else:
-            shown[column] = value
+        else:  # a phone in `remark` or `space_ids` is masked where it stands
+            shown[column] = masking.redact_field(column, value)
     return shown
 
 

@@ -169,6 +169,34 @@ SAMPLE_OUTCOMES: dict[str, tuple[str, int, str | None]] = {
 }
 
 
+def test_validate_masks_personal_data_unless_revealed(tmp_path: Path) -> None:
+    """`bridge validate` prints records with phones, names and ID numbers masked by default."""
+    record = {
+        "id": "c1",
+        "projectId": "1117745722292428800",
+        "name": "王小明",
+        "phone": "13912345678",
+        "idNumber": "11010519491231002X",
+        "remark": "备用电话 139-8765-4321",
+        "mobile": "13711112222",
+    }
+    payload = {
+        "msgId": "v1",
+        "reportTs": 1661154622,
+        "profile": {"poiCode": "s0140001", "appType": "customer", "modelId": 140001},
+        "events": {"add": {"eventTs": 1661154622000, "eventType": 1, "customerList": [record]}},
+    }
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
+    result = bridge("validate", "--topic", STANDARD_TOPIC, str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for value in ("王小明", "13912345678", "11010519491231002X", "139-8765-4321", "13711112222"):
+        assert value not in result.stdout
+    (event,) = json.loads(result.stdout)["forward"]
+    assert event["customer"]["id"] == "c1"
+    assert event["customer"]["projectId"] == "1117745722292428800"
+
+
 def _error_topic(topic: str) -> str:
     return topic[: -len("customer")] + "error-customer"
 
@@ -178,7 +206,7 @@ def test_validate_sample_prints_forward_and_alarms(tmp_path: Path, sample: str) 
     """`bridge validate` prints {"forward", "alarms"}; exit 0 without an alarm, 1 with one."""
     topic, forwarded, alarmed = SAMPLE_OUTCOMES[sample]
     path = SAMPLES / f"{sample}.json"
-    result = bridge("validate", "--topic", topic, str(path), cwd=tmp_path)
+    result = bridge("validate", "--reveal", "--topic", topic, str(path), cwd=tmp_path)
     assert result.returncode == (0 if alarmed is None else 1), result.stderr
     shown: dict[str, Any] = json.loads(result.stdout)
     assert set(shown) == {"forward", "alarms"}

@@ -84,7 +84,10 @@ def test_dead_letters_list_show_replay_purge(
     event_letter = next(x for x in letters if x["msgId"] == "d1")
     shown = cli(first.config_path, "show", str(event_letter["id"]))
     assert shown.returncode == 0, shown.stderr
-    assert json.loads(shown.stdout)["content"]["customer"]["phone"] == secret_phone
+    assert secret_phone not in shown.stdout  # masked unless the operator asks to see it
+    assert json.loads(shown.stdout)["content"]["customer"]["id"]
+    revealed = cli(first.config_path, "show", "--reveal", str(event_letter["id"]))
+    assert json.loads(revealed.stdout)["content"]["customer"]["phone"] == secret_phone
 
     replayed = cli(first.config_path, "replay", "--all")
     assert replayed.returncode == 0, replayed.stderr
