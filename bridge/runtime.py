@@ -46,10 +46,11 @@ from bridge.health import HealthServer
 from bridge.intake.message import InboundMessage
 from bridge.metrics import Metrics, field_label
 from bridge.mqtt import MqttClient
-from bridge.pipeline import Disposition, Outcome, Pipeline
+from bridge.pipeline import REFUSED_TOPIC_REASON, Disposition, Outcome, Pipeline
 from bridge.sdnotify import Notifier, Watchdog
 from bridge.sinks import SinkContext, build_sinks
 from bridge.spool import ALARMS, NewRow, Row, Spool, SpoolError
+from bridge.topics import escape
 
 DRAIN_TIMEOUT = 30.0
 PRUNE_EVERY = 60.0
@@ -504,6 +505,8 @@ class Bridge:
             if plan.outcome.disposition is Disposition.FAILED:
                 # Our own bug: keep the message raw for a fixed version, rather than drop it.
                 raws.append((plan.outcome.topic, plan.message.payload, FAILED_REASON))
+            elif plan.outcome.disposition is Disposition.REFUSED_TOPIC:
+                raws.append((plan.outcome.topic, plan.message.payload, REFUSED_TOPIC_REASON))
             if plan.key is None:
                 continue
             if plan.key in known:
@@ -609,6 +612,10 @@ class Bridge:
         if outcome.disposition is Disposition.FAILED:
             self.stats.failed += 1
             return  # logged at error, and kept in the dead letters, by the intake
+        if outcome.disposition is Disposition.REFUSED_TOPIC:
+            self.stats.ignored[outcome.disposition] += 1
+            log.warning("topic_refused", topic=escape(topic), kept="dead letters", acked=acked)
+            return
         if outcome.disposition is not Disposition.PROCESSED:
             self.stats.ignored[outcome.disposition] += 1
             log.debug(

@@ -8,40 +8,31 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from bridge import fastcheck
-from bridge.records import FIELDS, InvalidValue, Op, as_int, check_record
+from bridge.records import (
+    FIELDS,
+    OUT_OF_RANGE,
+    REPEATED_KEY,
+    InvalidValue,
+    Op,
+    Repeated,
+    WholeFloat,
+    as_int,
+    check_record,
+    flaw_in,
+    repeated_keys,
+)
 
 PROFILE: dict[str, Any] = {"poiCode": "s0140001", "appType": "customer", "modelId": 140001}
 MSG_ID_MAX = 64
-_MAX_INT_DIGITS = 20
+_BOM = "\ufeff"
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-# A payload with no run of more than 20 digits and no exponent holds no number the hooks
-# would refuse, so it takes json's C fast path. The test maps digits to "0", e/E to "e" and
-# signs to "+" (all else to a space) and looks for the shapes; cheaper than a regex scan.
-
-
-def _number_shapes() -> bytes:
-    table = bytearray(b" " * 256)
-    table[ord("0") : ord("9") + 1] = b"0" * 10
-    table[ord("e")] = table[ord("E")] = ord("e")
-    table[ord("+")] = table[ord("-")] = ord("+")
-    return bytes(table)
-
-
-_NUMBER_SHAPES = _number_shapes()
-_LONG_RUN = b"0" * (_MAX_INT_DIGITS + 1)
-
-
-def _needs_number_hooks(payload: bytes) -> bool:
-    shapes = payload.translate(_NUMBER_SHAPES)
-    return _LONG_RUN in shapes or b"0e0" in shapes or b"0e+0" in shapes
-
-
 _DATE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
 
 
@@ -113,21 +104,53 @@ class _PayloadError(Exception):
         self.reason = reason
 
 
+class _Flaws:
+    """What one parse met that json's own dicts and floats cannot say."""
+
+    __slots__ = ("found",)
+
+    def __init__(self) -> None:
+        self.found = False
+
+    def parse_float(self, text: str) -> Any:
+        value = float(text)
+        if not math.isfinite(value):
+            self.found = True
+            return OUT_OF_RANGE
+        if value.is_integer():
+            exact = Decimal(text)
+            if exact == exact.to_integral_value():
+                return WholeFloat(value, int(exact))
+        return value
+
+    def pairs(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        document = dict(pairs)
+        if len(document) == len(pairs):
+            return document
+        self.found = True
+        return Repeated(pairs)
+
+
 def _reject_constant(name: str) -> Any:
     raise _PayloadError(f"{name} is not JSON")
 
 
-def _parse_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise _PayloadError("number out of range")
-    return value
-
-
-def _parse_int(text: str) -> int:
-    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
-        raise _PayloadError("number out of range")
-    return int(text)
+def _known_keys(document: dict[str, Any]) -> int:
+    """How many keys the envelope objects hold: top level, profile, events, bodies, records."""
+    count = len(document)
+    profile = document.get("profile")
+    if profile.__class__ is dict:
+        count += len(profile)
+    events = document.get("events")
+    if events.__class__ is dict:
+        count += len(events)
+        for body in events.values():
+            if body.__class__ is dict:
+                count += len(body)
+                records = body.get("customerList")
+                if records.__class__ is list:
+                    count += sum([len(r) for r in records if r.__class__ is dict])
+    return count
 
 
 def _has_surrogate(document: object) -> bool:
@@ -167,21 +190,30 @@ def _too_deep(node: Any, budget: int) -> bool:
 
 def decode(payload: bytes, rules: Rules) -> object:
     """Parse a payload within the limits; raise ValueError with a value-free reason."""
+    return _decode(payload, rules)[0]
+
+
+def _decode(payload: bytes, rules: Rules) -> tuple[object, bool]:
+    """The document, and whether it holds a repeated key or a number out of range."""
     if len(payload) > rules.max_payload_bytes:
         raise ValueError(f"payload larger than {rules.max_payload_bytes} bytes")
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError("payload is not UTF-8") from None
+    if text.startswith(_BOM):
+        text = text[1:]
+    flaws = _Flaws()
     try:
-        if not _needs_number_hooks(payload):
-            document = json.loads(text, parse_constant=_reject_constant)
-        else:
+        document = json.loads(text, parse_constant=_reject_constant, parse_float=flaws.parse_float)
+        # Each key is followed by a colon, so a payload whose envelope objects hold as
+        # many keys as it has colons repeats none; only the others pay for the slow parse.
+        if document.__class__ is dict and _known_keys(document) != payload.count(b":"):
             document = json.loads(
                 text,
                 parse_constant=_reject_constant,
-                parse_float=_parse_float,
-                parse_int=_parse_int,
+                parse_float=flaws.parse_float,
+                object_pairs_hook=flaws.pairs,
             )
     except _PayloadError as bad:
         raise ValueError(bad.reason) from None
@@ -196,23 +228,36 @@ def decode(payload: bytes, rules: Rules) -> object:
     # A \uD800-\uDFFF escape decodes to a lone surrogate that no sink can encode again.
     if _SURROGATE_ESCAPE.search(payload) and _has_surrogate(document):
         raise ValueError("payload holds a lone surrogate escape")
-    return document
+    return document, flaws.found
 
 
 def validate(payload: bytes, rules: Rules, *, customization: bool) -> Validation:
     """Check one inbound payload against SPEC 2-4."""
     try:
-        document = decode(payload, rules)
+        document, flawed = _decode(payload, rules)
     except ValueError as bad:
         return Validation(None, None, message_errors=(FieldError(None, "", str(bad)),))
     if not isinstance(document, dict):
         return Validation(None, None, message_errors=(FieldError(None, "", "not a JSON object"),))
-    return validate_document(document, rules, customization=customization)
+    return validate_document(document, rules, customization=customization, flawed=flawed)
 
 
-def validate_document(document: dict[str, Any], rules: Rules, *, customization: bool) -> Validation:
-    """Check a parsed envelope: the operations it holds and every record of each."""
+def validate_document(
+    document: dict[str, Any],
+    rules: Rules,
+    *,
+    customization: bool,
+    flawed: bool | None = None,
+) -> Validation:
+    """Check a parsed envelope: the operations it holds and every record of each.
+
+    `flawed` says whether it holds a repeated key or a number out of range (found if None).
+    """
+    if flawed is None:
+        flawed = flaw_in(document) is not None
     envelope_errors: list[FieldError] = []
+    if flawed:
+        envelope_errors.extend(_envelope_flaws(document))
     msg_id = _check_msg_id(document, envelope_errors)
     report_ts = _check_report_ts(document, rules, envelope_errors)
     _check_profile(document.get("profile"), rules, envelope_errors)
@@ -224,19 +269,58 @@ def validate_document(document: dict[str, Any], rules: Rules, *, customization: 
         return Validation(msg_id, report_ts, message_errors=faults)
     message_errors: list[FieldError] = []
     ops: list[OpResult] = []
-    for key, body in events.items():
+    # Inside `events` a repeated operation is an operation of its own, in payload order.
+    operations = events.pairs if events.__class__ is Repeated else events.items()
+    for key, body in operations:
         try:
             op = Op(key)
         except ValueError:
             message_errors.append(FieldError(None, f"events.{_cap(key)}", "unknown operation"))
             continue
-        ops.append(_check_op(op, body, envelope_errors, rules, customization))
+        ops.append(_check_op(op, body, envelope_errors, rules, customization, flawed))
     if not ops:
         # No operation to carry the envelope's faults: the unknown_error alarm names them.
         if not message_errors:
             message_errors.append(FieldError(None, "events", "holds no operation"))
         message_errors[:0] = envelope_errors
     return Validation(msg_id, report_ts, tuple(ops), tuple(message_errors))
+
+
+def _unit_flaws(node: dict[str, Any], base: str, skip: str) -> list[FieldError]:
+    """Faults of one envelope object: its repeated keys, and flaws under its other keys."""
+    prefix = f"{base}." if base else ""
+    errors = [
+        FieldError(None, f"{prefix}{_cap(key)}", REPEATED_KEY)
+        for key in (repeated_keys(node) if node.__class__ is Repeated else ())
+    ]
+    named = {e.field for e in errors}
+    for key, value in node.items():
+        path = f"{prefix}{_cap(key)}"
+        if key == skip or path in named:
+            continue
+        flaw = flaw_in(value)
+        if flaw is not None:
+            errors.append(FieldError(None, path, flaw))
+    return errors
+
+
+def _envelope_flaws(document: dict[str, Any]) -> list[FieldError]:
+    """Repeated keys and numbers out of range at the top level or in `profile` (every op fails)."""
+    errors = _unit_flaws(document, "", "events")
+    named = {e.field for e in errors}
+    profile = document.get("profile")
+    if isinstance(profile, dict) and "profile" not in named:
+        errors.extend(_unit_flaws(profile, "profile", ""))
+    events = document.get("events")
+    if isinstance(events, dict) and "events" not in named:
+        # Only a body that is not an object can hide a flaw in `events` itself.
+        operations = events.pairs if events.__class__ is Repeated else events.items()
+        for key, body in operations:
+            if not isinstance(body, dict):
+                flaw = flaw_in(body)
+                if flaw is not None:
+                    errors.append(FieldError(None, f"events.{_cap(key)}", flaw))
+    return errors
 
 
 def _cap(key: str, limit: int = 64) -> str:
@@ -297,6 +381,7 @@ def _check_op(
     envelope_errors: list[FieldError],
     rules: Rules,
     customization: bool,
+    flawed: bool,
 ) -> OpResult:
     base = f"events.{op}"
     errors = list(envelope_errors)
@@ -305,6 +390,8 @@ def _check_op(
     if not isinstance(body, dict):
         errors.append(FieldError(None, base, "must be an object"))
         return OpResult(op, None, (), (), tuple(errors))
+    if flawed:
+        errors.extend(_unit_flaws(body, base, "customerList"))
     event_ts = _check_event_ts(body, base, rules, errors)
     event_type = body.get("eventType")
     try:
@@ -329,14 +416,16 @@ def _check_op(
         # An envelope fault fails every record of the operation, as received.
         return OpResult(op, event_ts, (), tuple(records), tuple(errors))
 
-    if not rules.strict:
+    if not rules.strict and not flawed:
         everything = fastcheck.accept_all(records, op)
         if everything is not None:
             return OpResult(op, event_ts, tuple(everything), (), ())
     accepted: list[dict[str, Any]] = []
     rejected: list[Any] = []
     for index, raw in enumerate(records):
-        record, problems = check_record(raw, op, strict=rules.strict, customization=customization)
+        record, problems = check_record(
+            raw, op, strict=rules.strict, customization=customization, flawed=flawed
+        )
         if record is None:
             rejected.append(raw)
             errors.extend(FieldError(index, p.field, p.reason) for p in problems)
