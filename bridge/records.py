@@ -14,7 +14,7 @@ from typing import Any
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
-_INT_TEXT = re.compile(r"\s*[+-]?[0-9]+\s*")
+_INT_TEXT = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)  # SPEC 3: ASCII digits and spaces
 _LONG_TEXT = re.compile(r"-?[0-9]+")
 REPEATED_KEY = "repeated key"
 REPEATED_FIELD = "repeated field"
@@ -126,16 +126,16 @@ class Repeated(dict[str, Any]):
         self.pairs = pairs
 
 
-class OutOfRange:
-    """A JSON number no float can hold (`1e400`): kept out of every forwarded record."""
+class OutOfRange(str):
+    """A JSON number no float can hold (`1e400`), as its text: never forwarded.
+
+    A record holding one fails; its alarm shows the number's text as a string, since
+    JSON has no way to write it back as a number any program could read.
+    """
 
     __slots__ = ()
 
-    def __repr__(self) -> str:
-        return "OutOfRange()"
 
-
-OUT_OF_RANGE = OutOfRange()
 # A whole-number float is converted for int fields in lenient mode (SPEC 3); the exact
 # integer comes from the text, so 1e20 is 10**20 and 4503599627370497.5 is no integer.
 
