@@ -305,7 +305,7 @@ def validate_document(
     return Validation(msg_id, report_ts, tuple(ops), tuple(message_errors))
 
 
-def _unit_flaws(node: dict[str, Any], base: str, skip: str) -> list[FieldError]:
+def _unit_flaws(node: dict[str, Any], base: str, *skip: str) -> list[FieldError]:
     """Faults of one envelope object: its repeated keys, and flaws under its other keys."""
     prefix = f"{base}." if base else ""
     errors = [
@@ -315,7 +315,7 @@ def _unit_flaws(node: dict[str, Any], base: str, skip: str) -> list[FieldError]:
     named = {e.field for e in errors}
     for key, value in node.items():
         path = f"{prefix}{_cap(key)}"
-        if key == skip or path in named:
+        if key in skip or path in named:
             continue
         flaw = flaw_in(value)
         if flaw is not None:
@@ -325,11 +325,14 @@ def _unit_flaws(node: dict[str, Any], base: str, skip: str) -> list[FieldError]:
 
 def _envelope_flaws(document: dict[str, Any]) -> list[FieldError]:
     """Repeated keys and numbers out of range at the top level or in `profile` (every op fails)."""
-    errors = _unit_flaws(document, "", "events")
+    errors = _unit_flaws(document, "", "events", "profile")
     named = {e.field for e in errors}
     profile = document.get("profile")
-    if isinstance(profile, dict) and "profile" not in named:
-        errors.extend(_unit_flaws(profile, "profile", ""))
+    if "profile" not in named:
+        if isinstance(profile, dict):
+            errors.extend(_unit_flaws(profile, "profile"))
+        elif (flaw := flaw_in(profile)) is not None:
+            errors.append(FieldError(None, "profile", flaw))
     events = document.get("events")
     if isinstance(events, dict) and "events" not in named:
         # Only a body that is not an object can hide a flaw in `events` itself.
