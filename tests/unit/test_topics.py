@@ -352,6 +352,16 @@ def test_selection_accepts_vendors_with_dashes_and_non_ascii(vendor: str) -> Non
     assert Selection(vendors=(vendor,)).vendors == (vendor,)
 
 
+@pytest.mark.parametrize(
+    "vendor", ["ac\u00adme", "acme\U0001f468\u200d\U0001f469", "\ue000", "x\U0003fffd"]
+)
+def test_selection_accepts_vendors_with_format_private_use_and_unassigned_characters(
+    vendor: str,
+) -> None:
+    """What SPEC 1's grammar allows on the wire is valid config too."""
+    assert Selection(vendors=(vendor,)).vendors == (vendor,)
+
+
 @pytest.mark.parametrize("name", ["tenants", "projects", "versions", "vendors"])
 def test_selection_rejects_an_empty_list(name: str) -> None:
     """Every list needs at least one value (or `+`)."""
@@ -360,7 +370,9 @@ def test_selection_rejects_an_empty_list(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["tenants", "projects", "vendors"])
-@pytest.mark.parametrize("value", ["", "a/b", "a+", "#", "x\x00", "x\x01"], ids=repr)
+@pytest.mark.parametrize(
+    "value", ["", "a/b", "a+", "#", "x\x00", "x\x01", "x\x9f", "x\ufdd0", "x\U0010fffe"], ids=repr
+)
 def test_selection_rejects_unusable_segments(name: str, value: str) -> None:
     """A literal that is empty or holds `/`, wildcards, NUL or controls is rejected."""
     with pytest.raises(ValueError, match=name):
