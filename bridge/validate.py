@@ -288,9 +288,7 @@ def validate_document(
         return Validation(msg_id, report_ts, message_errors=faults)
     message_errors: list[FieldError] = []
     ops: list[OpResult] = []
-    # Inside `events` a repeated operation is an operation of its own, in payload order.
-    operations = events.pairs if events.__class__ is Repeated else events.items()
-    for key, body in operations:
+    for key, body in _operations(document, events):
         try:
             op = Op(key)
         except ValueError:
@@ -303,6 +301,19 @@ def validate_document(
             message_errors.append(FieldError(None, "events", "holds no operation"))
         message_errors[:0] = envelope_errors
     return Validation(msg_id, report_ts, tuple(ops), tuple(message_errors))
+
+
+def _operations(document: dict[str, Any], events: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Every operation in payload order: a repeated operation key is an operation of its own,
+    and so is each operation of a repeated `events` (all failing, but none left unreported)."""
+    blocks = [events]
+    if document.__class__ is Repeated:
+        blocks = [v for k, v in document.pairs if k == "events" and isinstance(v, dict)]
+    return [
+        pair
+        for block in blocks
+        for pair in (block.pairs if block.__class__ is Repeated else block.items())
+    ]
 
 
 def _unit_flaws(node: dict[str, Any], base: str, *skip: str) -> list[FieldError]:
@@ -422,6 +433,10 @@ def _check_op(
     except InvalidValue:
         errors.append(FieldError(None, f"{base}.eventType", "must be 1"))
     customer_list = body.get("customerList")
+    if body.__class__ is Repeated and isinstance(customer_list, list):
+        # A repeated customerList fails the operation; the alarm lists the records of each.
+        lists = [v for k, v in body.pairs if k == "customerList" and isinstance(v, list)]
+        customer_list = [record for each in lists for record in each]
     if isinstance(customer_list, list):
         records = customer_list
         if not records:

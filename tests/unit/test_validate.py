@@ -742,3 +742,31 @@ def test_required_strings_are_forwarded_untrimmed() -> None:
     """Surrounding whitespace of a required string is kept as received."""
     op = only_op(run(envelope({"add": op_body([customer(name=" 张三 ")])})))
     assert op.accepted[0]["name"] == " 张三 "
+
+
+def test_a_repeated_events_key_fails_the_operations_of_both_blocks() -> None:
+    """`events` given twice: the operations of both blocks fail, none left unreported."""
+    payload = _spliced(
+        envelope({"add": op_body([customer(id="second")])}),
+        b'"events": {',
+        b'"events": {"edit": ' + encode(op_body([customer(id="first")])) + b'}, "events": {',
+    )
+    result = validate(payload, LENIENT, customization=False)
+    assert [(op.op, op.rejected[0]["id"]) for op in result.ops] == [
+        (Op.EDIT, "first"),
+        (Op.ADD, "second"),
+    ]
+    for op in result.ops:
+        assert op.accepted == () and FieldError(None, "events", "repeated key") in op.errors
+
+
+def test_a_repeated_customer_list_alarms_the_records_of_each() -> None:
+    """customerList given twice fails its operation; the alarm holds the records of both."""
+    payload = _spliced(
+        envelope({"add": op_body([customer(id="b")])}),
+        b'"customerList": [',
+        b'"customerList": [' + encode(customer(id="a")) + b'], "customerList": [',
+    )
+    op = only_op(validate(payload, LENIENT, customization=False))
+    assert [r["id"] for r in op.rejected] == ["a", "b"]
+    assert FieldError(None, "events.add.customerList", "repeated key") in op.errors
