@@ -168,3 +168,25 @@ def test_repeated_keys_and_big_integers_through_a_running_bridge(
     received = by_source["big"]["events"]["add_error"]["customerList"]
     assert received == [{**customer(id="big-role"), "roleId": 10**36}]
     assert bridge.terminate() == 0
+
+
+def test_strict_a_20_digit_event_ts_fails_its_operation_and_the_edit_beside_it_goes_on(
+    mosquitto: Mosquitto,
+    bridges: Callable[..., BridgeProcess],  # noqa: F811
+    watch: Callable[[Mosquitto], RecordingProbe],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Strict: eventTs 10**20 on add is an add_error alarm; the valid edit is forwarded."""
+    probe = watch(mosquitto)
+    out = tmp_path / "out.jsonl"
+    cfg = config(mosquitto, [{"type": "jsonl", "path": str(out)}], validation={"mode": "strict"})
+    bridge = bridges(cfg).start().wait_ready()
+    add = body(record("add-1")).replace(str(EVENT_TS), "1" + "0" * 20)
+    events = f'{{"add": {add}, "edit": {body(record("edit-1"))}}}'
+    publish(mosquitto, (STANDARD_TOPIC, raw_envelope(events, "strict-big")))
+    (line,) = wait_lines(out, 1, bridge)
+    assert (line["op"], line["customer"]["id"]) == ("edit", "edit-1")
+    (alarm,) = probe.wait_on(STANDARD_ERROR_TOPIC, 1, bridge)
+    assert list(alarm["events"]) == ["add_error"]
+    assert alarm["errors"][0]["field"] == "events.add.eventTs"
+    assert bridge.terminate() == 0
