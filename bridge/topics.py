@@ -51,11 +51,6 @@ def _refused_characters() -> re.Pattern[str]:
 _REFUSED = _refused_characters()
 
 
-def has_refused_character(text: str) -> bool:
-    """Whether `text` holds a C0/C1 control character or a Unicode noncharacter (SPEC 1)."""
-    return _REFUSED.search(text) is not None
-
-
 def escape(topic: str) -> str:
     """A topic fit for a log line: refused characters written as `\\xNN` or `\\uNNNN`."""
     return _REFUSED.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), topic)
