@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from bridge.encoding import alarm_body, encode_event, ordering_key
 from bridge.events import DownstreamEvent
-from bridge.pipeline import Disposition, Outcome
+from bridge.pipeline import REFUSED_TOPIC_REASON, Disposition, Outcome
 
 FAILED_REASON = "the bridge failed on this message (a bug); see the pipeline_failed log line"
 
@@ -80,6 +80,8 @@ def digest(outcome: Outcome, payload: bytes) -> Digest:
     key: str | None = None
     if disposition is Disposition.FAILED:
         raw = FAILED_REASON
+    elif disposition is Disposition.REFUSED_TOPIC:
+        raw = REFUSED_TOPIC_REASON
     elif disposition is Disposition.PROCESSED:
         key = dedup_key(outcome.msg_id, outcome.topic, payload)
         if outcome.undecodable:

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Required
 from pydantic import ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 from typing_extensions import TypedDict  # pydantic wants this one before Python 3.12
 
-from bridge.records import ADD_EDIT_FIELDS, INT64_MAX, INT64_MIN, Op, Type
+from bridge.records import ADD_EDIT_FIELDS, FIELDS, INT64_MAX, INT64_MIN, Op, Type
 
 _Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 _Id = Annotated[str, StringConstraints(min_length=1, max_length=36)]
@@ -89,6 +89,9 @@ _BATCHES: Mapping[Op, TypeAdapter[Any]] = {
     Op.EDIT: TypeAdapter(list[_AddEdit]),
     Op.DELETE: TypeAdapter(list[_Delete]),
 }
+_REQUIRED_TEXT: Mapping[Op, tuple[str, ...]] = {
+    op: tuple(n for n, f in table.items() if f.required) for op, table in FIELDS.items()
+}
 _LONG_FIELDS: Mapping[Op, tuple[str, ...]] = {
     Op.ADD: tuple(n for n, f in ADD_EDIT_FIELDS.items() if f.type is Type.LONG),
     Op.EDIT: tuple(n for n, f in ADD_EDIT_FIELDS.items() if f.type is Type.LONG),
@@ -107,6 +110,14 @@ def accept_all(records: list[Any], op: Op) -> list[dict[str, Any]] | None:
     except ValidationError:
         return None
     longs = _LONG_FIELDS[op]
+    required = _REQUIRED_TEXT[op]
+    # pydantic's idea of whitespace is not str.isspace(): the blank test stays here, and
+    # runs over every record before any is changed.
+    for record in records:
+        for name in required:
+            value = record[name]
+            if value.__class__ is str and value.isspace():
+                return None
     for record in records:
         for name in longs:
             value = record.get(name)

@@ -26,6 +26,11 @@ class Disposition(StrEnum):
     NOT_SELECTED = "ignored_not_selected"
     FAILED = "failed_in_bridge"
     """The bridge's own bug: the message is kept raw in the dead letters."""
+    REFUSED_TOPIC = "refused_topic"
+    """An inbound topic holding a control character or noncharacter: kept raw, logged at warning."""
+
+
+REFUSED_TOPIC_REASON = "the topic holds a control character or a noncharacter (SPEC 1)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +95,9 @@ class Pipeline:
             return Outcome(topic, Disposition.UNRECOGNISED)
         if not accepted:
             return Outcome(topic, Disposition.NOT_SELECTED, parsed.inbound)
+        if parsed.role is TopicRole.REFUSED:
+            # No alarm: its error topic would hold the same character (SPEC 1).
+            return Outcome(topic, Disposition.REFUSED_TOPIC, parsed.inbound)
         return self.process_inbound(parsed.inbound, payload)
 
     def process_inbound(self, inbound: InboundTopic, payload: bytes) -> Outcome:

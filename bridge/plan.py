@@ -58,7 +58,7 @@ def plan(
     rows = result.rows
     for index, item in enumerate(batch):
         if item.raw is not None and item.key is None:
-            # Our own bug: keep the message raw for a fixed version, rather than drop it.
+            # Our own bug, or a topic SPEC 1 refuses: kept raw rather than dropped.
             result.raws.append((item.topic, payloads[index], item.raw))
             continue
         key = item.key

@@ -14,8 +14,11 @@ from typing import Any
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
-_INT_TEXT = re.compile(r"\s*[+-]?[0-9]{1,19}\s*")
+_INT_TEXT = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)  # SPEC 3: ASCII digits and spaces
 _LONG_TEXT = re.compile(r"-?[0-9]+")
+REPEATED_KEY = "repeated key"
+REPEATED_FIELD = "repeated field"
+NUMBER_OUT_OF_RANGE = "number out of range"
 
 
 class Op(StrEnum):
@@ -110,6 +113,73 @@ REQUIRED: Mapping[Op, tuple[str, ...]] = {
 }
 
 
+class Repeated(dict[str, Any]):
+    """A JSON object that gave a key more than once: `pairs` holds every one, in payload order.
+
+    As a dict it keeps the last value of each key (json's rule); only `events` reads `pairs`.
+    """
+
+    __slots__ = ("pairs",)
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__(pairs)
+        self.pairs = pairs
+
+
+class OutOfRange(str):
+    """A JSON number no float can hold (`1e400`), as its text: never forwarded.
+
+    A record holding one fails; its alarm shows the number's text as a string, since
+    JSON has no way to write it back as a number any program could read.
+    """
+
+    __slots__ = ()
+
+
+# A whole-number float is converted for int fields in lenient mode (SPEC 3); the exact
+# integer comes from the text, so 1e20 is 10**20 and 4503599627370497.5 is no integer.
+
+
+class WholeFloat(float):
+    """A JSON number with no fractional part written as a float (`30.0`, `1e2`)."""
+
+    __slots__ = ("exact",)
+    exact: int
+
+    def __new__(cls, value: float, exact: int) -> WholeFloat:
+        self = super().__new__(cls, value)
+        self.exact = exact
+        return self
+
+
+def repeated_keys(node: Repeated) -> list[str]:
+    """The keys an object gave more than once, in the order they first repeated."""
+    seen: set[str] = set()
+    repeated: dict[str, None] = {}
+    for key, _ in node.pairs:
+        if key in seen:
+            repeated[key] = None
+        seen.add(key)
+    return list(repeated)
+
+
+def flaw_in(node: object) -> str | None:
+    """Why a parsed value may not go downstream as it is: a repeated key, a number out of range."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        kind = item.__class__
+        if kind is Repeated:
+            return REPEATED_KEY
+        if kind is OutOfRange:
+            return NUMBER_OUT_OF_RANGE
+        if kind is dict:
+            stack.extend(item.values())  # type: ignore[attr-defined]
+        elif kind is list:
+            stack.extend(item)  # type: ignore[arg-type]
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     """Why one field of one record was refused; `field` is a path inside the record."""
@@ -128,15 +198,24 @@ class InvalidValue(Exception):
 
 
 def check_record(
-    raw: object, op: Op, *, strict: bool, customization: bool
+    raw: object, op: Op, *, strict: bool, customization: bool, flawed: bool = False
 ) -> tuple[dict[str, Any] | None, list[Problem]]:
-    """Check one record; return the record after lenient conversions, or None and the problems."""
+    """Check one record; return the record after lenient conversions, or None and the problems.
+
+    `flawed` says the payload held a repeated key or a number out of range somewhere.
+    """
     if not isinstance(raw, dict):
         return None, [Problem("", "must be an object")]
     table = FIELDS[op]
     problems: list[Problem] = []
     out: dict[str, Any] = {}
-    for name, value in raw.items():
+    fields: dict[str, Any] = raw
+    if flawed:
+        problems = _flaws(raw)
+        if problems:
+            flagged = {p.field for p in problems}
+            fields = {name: value for name, value in raw.items() if name not in flagged}
+    for name, value in fields.items():
         spec = table.get(name)
         # The common cases in one test each: a string or an int that fits its field.
         kind = value.__class__
@@ -146,7 +225,9 @@ def check_record(
             and (spec.type is Type.STRING or (spec.type is Type.LONG and not strict))
         ):
             limit = spec.max_len
-            if (limit is None or len(value) <= limit) and (value or not spec.required):
+            if (limit is None or len(value) <= limit) and (
+                not spec.required or (value != "" and not value.isspace())
+            ):
                 out[name] = value
                 continue
         elif kind is int and spec is not None and spec.type is Type.INT:
@@ -182,6 +263,18 @@ def check_record(
     return out, []
 
 
+def _flaws(raw: dict[str, Any]) -> list[Problem]:
+    problems: list[Problem] = []
+    if raw.__class__ is Repeated:
+        problems.extend(Problem(name, REPEATED_FIELD) for name in repeated_keys(raw))
+    repeated = {p.field for p in problems}
+    for name, value in raw.items():
+        flaw = flaw_in(value)
+        if flaw is not None and name not in repeated:
+            problems.append(Problem(name, flaw))
+    return problems
+
+
 def _convert(spec: Field, value: object, strict: bool) -> object:
     if spec.type is Type.STRING:
         text = _as_string(value, strict)
@@ -192,7 +285,9 @@ def _convert(spec: Field, value: object, strict: bool) -> object:
         _check_length(spec, text)
         return text
     if spec.type is Type.INT:
-        number = as_int(value, strict)
+        # Lenient mode takes 30.0 and 1e2 for an int field; the integer comes from the text.
+        exact = value.exact if not strict and value.__class__ is WholeFloat else value
+        number = as_int(exact, strict)
         low, high = spec.minimum, spec.maximum
         if low is not None and high is not None and not low <= number <= high:
             if high - low <= 10:
@@ -238,20 +333,30 @@ def _as_long(value: object, strict: bool) -> str:
 
 
 def as_int(value: object, strict: bool) -> int:
-    """An int field's value: an int, or in lenient mode a string of digits."""
+    """An integer: an int, or in lenient mode a string of digits."""
     if isinstance(value, bool):
         raise InvalidValue("must be an integer")
     if isinstance(value, int):
-        if not INT64_MIN <= value <= INT64_MAX:
+        number = value
+    elif strict:
+        raise InvalidValue("must be an integer")
+    elif isinstance(value, str) and _INT_TEXT.fullmatch(value):
+        text = value.strip()
+        # Past 19 significant digits it cannot fit; int() of a long text would be slow.
+        if len(text.lstrip("+-").lstrip("0")) > 19:
             raise InvalidValue("out of the 64-bit range")
-        return value
-    if not strict and isinstance(value, str) and _INT_TEXT.fullmatch(value):
-        return int(value)
-    raise InvalidValue("must be an integer")
+        number = int(text)
+    else:
+        raise InvalidValue("must be an integer")
+    if not INT64_MIN <= number <= INT64_MAX:
+        raise InvalidValue("out of the 64-bit range")
+    return number
 
 
 def _check_length(spec: Field, text: str) -> None:
     if spec.required and not text:
         raise InvalidValue("must not be empty")
+    if spec.required and text.isspace():
+        raise InvalidValue("must hold a character other than whitespace")
     if spec.max_len is not None and len(text) > spec.max_len:
         raise InvalidValue(f"longer than {spec.max_len} characters")

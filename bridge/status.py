@@ -23,6 +23,7 @@ from bridge.metrics import Metrics, field_label
 from bridge.pipeline import Disposition
 from bridge.sdnotify import Notifier
 from bridge.spool import NewRow
+from bridge.topics import escape
 
 
 @dataclass
@@ -105,6 +106,10 @@ class Status:
         if item.disposition == Disposition.FAILED:
             stats.failed += 1
             return  # logged at error, and kept in the dead letters, by the intake
+        if item.disposition == Disposition.REFUSED_TOPIC:
+            stats.ignored[item.disposition] += 1
+            log.warning("topic_refused", topic=escape(topic), kept="dead letters", acked=acked)
+            return
         if not item.processed:
             stats.ignored[item.disposition] += 1
             log.debug("ignored", topic=topic, msg_id=msg_id, outcome=item.disposition, acked=acked)

@@ -11,7 +11,6 @@ Topic shapes (SPEC 1)::
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -38,21 +37,39 @@ class TopicRole(StrEnum):
     INBOUND = "inbound"
     ERROR = "error"
     UNRECOGNISED = "unrecognised"
+    REFUSED = "refused"
+    """An inbound topic holding a control character or noncharacter: kept, never processed."""
+
+
+def _refused_characters() -> re.Pattern[str]:
+    # C0 and C1 controls (DEL included), the 66 noncharacters, and surrogates (which no
+    # UTF-8 topic can hold, but a str can).
+    planes = "".join(f"{chr(p * 0x10000 + 0xFFFE)}{chr(p * 0x10000 + 0xFFFF)}" for p in range(17))
+    return re.compile(f"[\x00-\x1f\x7f-\x9f\ufdd0-\ufdef\ud800-\udfff{planes}]")
+
+
+_REFUSED = _refused_characters()
+
+
+def escape(topic: str) -> str:
+    """A topic fit for a log line: refused characters written as `\\xNN` or `\\uNNNN`."""
+    return _REFUSED.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), topic)
+
+
+def _in_grammar(segment: str) -> bool:
+    # The grammar's own rule (SPEC 1): one or more characters other than / + # (and NUL,
+    # which is also a control character, refused rather than ignored).
+    return bool(segment) and "/" not in segment and "+" not in segment and "#" not in segment
 
 
 def is_safe_segment(segment: str) -> bool:
-    """A topic segment we may echo into a published topic: non-empty, no wildcards, no controls.
+    """A topic segment we may echo into a published topic: in the grammar, no refused character.
 
-    Non-ASCII letters are fine (vendors are often named in Chinese); control and
-    format characters, `/`, `+`, `#` and NUL are not, since a broker may drop the
-    connection of a client that publishes them.
+    Everything else is fine: letters of any script, format characters (soft hyphen, the
+    joiner of emoji sequences), private-use and unassigned code points; the answer does not
+    depend on the interpreter's Unicode tables.
     """
-    if not segment:
-        return False
-    for ch in segment:
-        if ch in "/+#\x00" or unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn"):
-            return False
-    return True
+    return _in_grammar(segment) and _REFUSED.search(segment) is None
 
 
 def is_valid_vendor(vendor: str) -> bool:
@@ -96,40 +113,43 @@ _ERROR = ParsedTopic(TopicRole.ERROR)
 
 
 def parse(topic: str) -> ParsedTopic:
-    """Classify a topic and split an inbound one into its parts."""
+    """Classify a topic and split an inbound one into its parts.
+
+    An inbound topic holding a refused character is REFUSED, with its parts, so the
+    selection still applies to it; an error topic stays an error topic whatever it holds.
+    """
     parts = topic.split("/")
     if len(parts) != 3:
         return _UNRECOGNISED
     tenant, project, leaf = parts
-    if not (is_safe_segment(tenant) and is_safe_segment(leaf)):
+    if not (_in_grammar(tenant) and _in_grammar(leaf)):
         return _UNRECOGNISED
-    if not project.startswith(_PROJECT_PREFIX) or not is_safe_segment(project):
+    if not project.startswith(_PROJECT_PREFIX) or not _in_grammar(project):
         return _UNRECOGNISED
     project_id = project[len(_PROJECT_PREFIX) :]
     if not project_id:
         return _UNRECOGNISED
     if leaf == STANDARD_LEAF:
-        return ParsedTopic(
-            TopicRole.INBOUND, InboundTopic(topic, TopicKind.STANDARD, tenant, project_id)
-        )
-    if leaf == STANDARD_ERROR_LEAF:
+        inbound = InboundTopic(topic, TopicKind.STANDARD, tenant, project_id)
+    elif leaf == STANDARD_ERROR_LEAF:
         return _ERROR
-    match = _CUSTOM_LEAF.fullmatch(leaf)
-    if match is None:
-        return _UNRECOGNISED
-    version, vendor = match.group(1), match.group(2)
-    if not is_valid_vendor(vendor):
-        return _ERROR if f"-{vendor}".endswith("-error") else _UNRECOGNISED
-    return ParsedTopic(
-        TopicRole.INBOUND,
-        InboundTopic(topic, TopicKind.CUSTOMIZATION, tenant, project_id, version, vendor),
-    )
+    else:
+        match = _CUSTOM_LEAF.fullmatch(leaf)
+        if match is None:
+            return _UNRECOGNISED
+        version, vendor = match.group(1), match.group(2)
+        if f"-{vendor}".endswith("-error"):
+            return _ERROR
+        inbound = InboundTopic(topic, TopicKind.CUSTOMIZATION, tenant, project_id, version, vendor)
+    if _REFUSED.search(topic) is not None:
+        return ParsedTopic(TopicRole.REFUSED, inbound)
+    return ParsedTopic(TopicRole.INBOUND, inbound)
 
 
 def error_topic(topic: str) -> str:
     """The error topic of an inbound topic; ValueError for anything else."""
     parsed = parse(topic)
-    if parsed.inbound is None:
+    if parsed.inbound is None or parsed.role is not TopicRole.INBOUND:
         raise ValueError(f"not an inbound customer topic ({parsed.role})")
     return parsed.inbound.error_topic
 

@@ -8,40 +8,32 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from bridge import fastcheck
-from bridge.records import FIELDS, InvalidValue, Op, as_int, check_record
+from bridge.records import (
+    FIELDS,
+    REPEATED_KEY,
+    InvalidValue,
+    Op,
+    OutOfRange,
+    Repeated,
+    WholeFloat,
+    as_int,
+    check_record,
+    flaw_in,
+    repeated_keys,
+)
 
 PROFILE: dict[str, Any] = {"poiCode": "s0140001", "appType": "customer", "modelId": 140001}
 MSG_ID_MAX = 64
-_MAX_INT_DIGITS = 20
+_BOM = "\ufeff"
+_JSON_WHITESPACE = b" \t\n\r"
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-# A payload with no run of more than 20 digits and no exponent holds no number the hooks
-# would refuse, so it takes json's C fast path. The test maps digits to "0", e/E to "e" and
-# signs to "+" (all else to a space) and looks for the shapes; cheaper than a regex scan.
-
-
-def _number_shapes() -> bytes:
-    table = bytearray(b" " * 256)
-    table[ord("0") : ord("9") + 1] = b"0" * 10
-    table[ord("e")] = table[ord("E")] = ord("e")
-    table[ord("+")] = table[ord("-")] = ord("+")
-    return bytes(table)
-
-
-_NUMBER_SHAPES = _number_shapes()
-_LONG_RUN = b"0" * (_MAX_INT_DIGITS + 1)
-
-
-def _needs_number_hooks(payload: bytes) -> bool:
-    shapes = payload.translate(_NUMBER_SHAPES)
-    return _LONG_RUN in shapes or b"0e0" in shapes or b"0e+0" in shapes
-
-
 _DATE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
 
 
@@ -113,21 +105,72 @@ class _PayloadError(Exception):
         self.reason = reason
 
 
+class _Flaws:
+    """What one parse met that json's own dicts and floats cannot say."""
+
+    __slots__ = ("found",)
+
+    def __init__(self) -> None:
+        self.found = False
+
+    def parse_float(self, text: str) -> Any:
+        value = float(text)
+        if not math.isfinite(value):
+            self.found = True
+            return OutOfRange(text)
+        if value.is_integer():
+            exact = Decimal(text)
+            if exact == exact.to_integral_value():
+                return WholeFloat(value, int(exact))
+        return value
+
+    def pairs(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        document = dict(pairs)
+        if len(document) == len(pairs):
+            return document
+        self.found = True
+        return Repeated(pairs)
+
+
 def _reject_constant(name: str) -> Any:
     raise _PayloadError(f"{name} is not JSON")
 
 
-def _parse_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise _PayloadError("number out of range")
-    return value
+def _known_keys(document: dict[str, Any]) -> int:
+    """How many keys the envelope objects hold: top level, profile, events, bodies, records."""
+    count = len(document)
+    profile = document.get("profile")
+    if profile.__class__ is dict:
+        count += len(profile)
+    events = document.get("events")
+    if events.__class__ is dict:
+        count += len(events)
+        for body in events.values():
+            if body.__class__ is dict:
+                count += len(body)
+                records = body.get("customerList")
+                if records.__class__ is list:
+                    for record in records:
+                        if record.__class__ is dict:
+                            count += len(record)
+                            meta = record.get("meta")
+                            if meta.__class__ is dict:
+                                count += len(meta)
+    return count
 
 
-def _parse_int(text: str) -> int:
-    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
-        raise _PayloadError("number out of range")
-    return int(text)
+def _may_repeat_keys(payload: bytes, document: dict[str, Any]) -> bool:
+    """False only if no JSON object of the payload gives a key twice; cheap, and exact when False.
+
+    Every key is followed by a colon, and by a quote, whitespace and the colon. Either count
+    bounds the number of keys from above; when the envelope objects alone hold that many,
+    no object lost a key to a repeat. The colon count is the cheaper one; it misses only
+    when a string holds a colon (a URL, a time of day).
+    """
+    known = _known_keys(document)
+    if known == payload.count(b":"):
+        return False
+    return known != payload.translate(None, _JSON_WHITESPACE).count(b'":')
 
 
 def _has_surrogate(document: object) -> bool:
@@ -167,21 +210,29 @@ def _too_deep(node: Any, budget: int) -> bool:
 
 def decode(payload: bytes, rules: Rules) -> object:
     """Parse a payload within the limits; raise ValueError with a value-free reason."""
+    return _decode(payload, rules)[0]
+
+
+def _decode(payload: bytes, rules: Rules) -> tuple[object, bool]:
+    """The document, and whether it holds a repeated key or a number out of range."""
     if len(payload) > rules.max_payload_bytes:
         raise ValueError(f"payload larger than {rules.max_payload_bytes} bytes")
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError("payload is not UTF-8") from None
+    if text.startswith(_BOM):
+        text = text[1:]
+    flaws = _Flaws()
     try:
-        if not _needs_number_hooks(payload):
-            document = json.loads(text, parse_constant=_reject_constant)
-        else:
+        document = json.loads(text, parse_constant=_reject_constant, parse_float=flaws.parse_float)
+        # Only a payload that may repeat a key pays for the slow parse that finds out.
+        if document.__class__ is dict and _may_repeat_keys(payload, document):
             document = json.loads(
                 text,
                 parse_constant=_reject_constant,
-                parse_float=_parse_float,
-                parse_int=_parse_int,
+                parse_float=flaws.parse_float,
+                object_pairs_hook=flaws.pairs,
             )
     except _PayloadError as bad:
         raise ValueError(bad.reason) from None
@@ -196,23 +247,36 @@ def decode(payload: bytes, rules: Rules) -> object:
     # A \uD800-\uDFFF escape decodes to a lone surrogate that no sink can encode again.
     if _SURROGATE_ESCAPE.search(payload) and _has_surrogate(document):
         raise ValueError("payload holds a lone surrogate escape")
-    return document
+    return document, flaws.found
 
 
 def validate(payload: bytes, rules: Rules, *, customization: bool) -> Validation:
     """Check one inbound payload against SPEC 2-4."""
     try:
-        document = decode(payload, rules)
+        document, flawed = _decode(payload, rules)
     except ValueError as bad:
         return Validation(None, None, message_errors=(FieldError(None, "", str(bad)),))
     if not isinstance(document, dict):
         return Validation(None, None, message_errors=(FieldError(None, "", "not a JSON object"),))
-    return validate_document(document, rules, customization=customization)
+    return validate_document(document, rules, customization=customization, flawed=flawed)
 
 
-def validate_document(document: dict[str, Any], rules: Rules, *, customization: bool) -> Validation:
-    """Check a parsed envelope: the operations it holds and every record of each."""
+def validate_document(
+    document: dict[str, Any],
+    rules: Rules,
+    *,
+    customization: bool,
+    flawed: bool | None = None,
+) -> Validation:
+    """Check a parsed envelope: the operations it holds and every record of each.
+
+    `flawed` says whether it holds a repeated key or a number out of range (found if None).
+    """
+    if flawed is None:
+        flawed = flaw_in(document) is not None
     envelope_errors: list[FieldError] = []
+    if flawed:
+        envelope_errors.extend(_envelope_flaws(document))
     msg_id = _check_msg_id(document, envelope_errors)
     report_ts = _check_report_ts(document, rules, envelope_errors)
     _check_profile(document.get("profile"), rules, envelope_errors)
@@ -224,19 +288,72 @@ def validate_document(document: dict[str, Any], rules: Rules, *, customization: 
         return Validation(msg_id, report_ts, message_errors=faults)
     message_errors: list[FieldError] = []
     ops: list[OpResult] = []
-    for key, body in events.items():
+    for key, body in _operations(document, events):
         try:
             op = Op(key)
         except ValueError:
             message_errors.append(FieldError(None, f"events.{_cap(key)}", "unknown operation"))
             continue
-        ops.append(_check_op(op, body, envelope_errors, rules, customization))
+        ops.append(_check_op(op, body, envelope_errors, rules, customization, flawed))
     if not ops:
         # No operation to carry the envelope's faults: the unknown_error alarm names them.
         if not message_errors:
             message_errors.append(FieldError(None, "events", "holds no operation"))
         message_errors[:0] = envelope_errors
     return Validation(msg_id, report_ts, tuple(ops), tuple(message_errors))
+
+
+def _operations(document: dict[str, Any], events: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Every operation in payload order: a repeated operation key is an operation of its own,
+    and so is each operation of a repeated `events` (all failing, but none left unreported)."""
+    blocks = [events]
+    if document.__class__ is Repeated:
+        blocks = [v for k, v in document.pairs if k == "events" and isinstance(v, dict)]
+    return [
+        pair
+        for block in blocks
+        for pair in (block.pairs if block.__class__ is Repeated else block.items())
+    ]
+
+
+def _unit_flaws(node: dict[str, Any], base: str, *skip: str) -> list[FieldError]:
+    """Faults of one envelope object: its repeated keys, and flaws under its other keys."""
+    prefix = f"{base}." if base else ""
+    errors = [
+        FieldError(None, f"{prefix}{_cap(key)}", REPEATED_KEY)
+        for key in (repeated_keys(node) if node.__class__ is Repeated else ())
+    ]
+    named = {e.field for e in errors}
+    for key, value in node.items():
+        path = f"{prefix}{_cap(key)}"
+        if key in skip or path in named:
+            continue
+        flaw = flaw_in(value)
+        if flaw is not None:
+            errors.append(FieldError(None, path, flaw))
+    return errors
+
+
+def _envelope_flaws(document: dict[str, Any]) -> list[FieldError]:
+    """Repeated keys and numbers out of range at the top level or in `profile` (every op fails)."""
+    errors = _unit_flaws(document, "", "events", "profile")
+    named = {e.field for e in errors}
+    profile = document.get("profile")
+    if "profile" not in named:
+        if isinstance(profile, dict):
+            errors.extend(_unit_flaws(profile, "profile"))
+        elif (flaw := flaw_in(profile)) is not None:
+            errors.append(FieldError(None, "profile", flaw))
+    events = document.get("events")
+    if isinstance(events, dict) and "events" not in named:
+        # Only a body that is not an object can hide a flaw in `events` itself.
+        operations = events.pairs if events.__class__ is Repeated else events.items()
+        for key, body in operations:
+            if not isinstance(body, dict):
+                flaw = flaw_in(body)
+                if flaw is not None:
+                    errors.append(FieldError(None, f"events.{_cap(key)}", flaw))
+    return errors
 
 
 def _cap(key: str, limit: int = 64) -> str:
@@ -248,7 +365,7 @@ def _check_msg_id(document: dict[str, Any], errors: list[FieldError]) -> str | N
     msg_id = document.get("msgId")
     if msg_id is None:
         return None
-    if not isinstance(msg_id, str) or not msg_id:
+    if msg_id.__class__ is not str or not msg_id:
         errors.append(FieldError(None, "msgId", "must be a non-empty string"))
         return None
     if len(msg_id) > MSG_ID_MAX:
@@ -297,6 +414,7 @@ def _check_op(
     envelope_errors: list[FieldError],
     rules: Rules,
     customization: bool,
+    flawed: bool,
 ) -> OpResult:
     base = f"events.{op}"
     errors = list(envelope_errors)
@@ -305,6 +423,8 @@ def _check_op(
     if not isinstance(body, dict):
         errors.append(FieldError(None, base, "must be an object"))
         return OpResult(op, None, (), (), tuple(errors))
+    if flawed:
+        errors.extend(_unit_flaws(body, base, "customerList"))
     event_ts = _check_event_ts(body, base, rules, errors)
     event_type = body.get("eventType")
     try:
@@ -313,6 +433,10 @@ def _check_op(
     except InvalidValue:
         errors.append(FieldError(None, f"{base}.eventType", "must be 1"))
     customer_list = body.get("customerList")
+    if body.__class__ is Repeated and isinstance(customer_list, list):
+        # A repeated customerList fails the operation; the alarm lists the records of each.
+        lists = [v for k, v in body.pairs if k == "customerList" and isinstance(v, list)]
+        customer_list = [record for each in lists for record in each]
     if isinstance(customer_list, list):
         records = customer_list
         if not records:
@@ -329,14 +453,16 @@ def _check_op(
         # An envelope fault fails every record of the operation, as received.
         return OpResult(op, event_ts, (), tuple(records), tuple(errors))
 
-    if not rules.strict:
+    if not rules.strict and not flawed:
         everything = fastcheck.accept_all(records, op)
         if everything is not None:
             return OpResult(op, event_ts, tuple(everything), (), ())
     accepted: list[dict[str, Any]] = []
     rejected: list[Any] = []
     for index, raw in enumerate(records):
-        record, problems = check_record(raw, op, strict=rules.strict, customization=customization)
+        record, problems = check_record(
+            raw, op, strict=rules.strict, customization=customization, flawed=flawed
+        )
         if record is None:
             rejected.append(raw)
             errors.extend(FieldError(index, p.field, p.reason) for p in problems)

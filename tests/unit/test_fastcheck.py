@@ -79,6 +79,10 @@ def test_a_clean_batch_takes_the_fast_path_with_long_ids_as_strings() -> None:
     [
         {"id": "c-1", "projectId": "42", "name": "张三", "phone": "13800138000", "age": "30"},
         {"id": "c-1", "projectId": "42", "name": "", "phone": "13800138000"},
+        {"id": "c-1", "projectId": "42", "name": " \u3000", "phone": "13800138000"},
+        {"id": "\x1c", "projectId": "42", "name": "张三", "phone": "13800138000"},
+        {"id": "c-1", "projectId": "\t", "name": "张三", "phone": "13800138000"},
+        {"id": "c-1", "projectId": "42", "name": "张三", "phone": "13800138000", "age": 30.0},
         {"id": "c-1", "projectId": "42", "name": "张三", "phone": 13800138000},
         {"id": "c-1", "projectId": "42", "name": "张三", "phone": "13800138000", "sex": True},
         {"id": "c-1", "projectId": "42", "name": "张三"},
@@ -87,7 +91,7 @@ def test_a_clean_batch_takes_the_fast_path_with_long_ids_as_strings() -> None:
 def test_anything_needing_a_conversion_or_a_reason_is_left_to_the_slow_path(
     record: dict[str, Any],
 ) -> None:
-    """Numeric strings, ints for strings, bools, empty or missing required fields: None."""
+    """Numeric strings, ints for strings, floats, bools, empty, blank or missing required: None."""
     assert fastcheck.accept_all([record], Op.ADD) is None
 
 

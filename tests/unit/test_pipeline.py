@@ -27,7 +27,7 @@ from factories import (
 )
 
 from bridge.events import DownstreamEvent
-from bridge.pipeline import Disposition, Outcome
+from bridge.pipeline import Disposition, Outcome, Pipeline
 from bridge.records import Op
 from bridge.topics import Selection, TopicKind
 from bridge.validate import Rules
@@ -82,7 +82,7 @@ def test_error_topic_is_ignored_without_an_alarm(topic: str, payload: bytes) -> 
         "acme/42/v1-business-model-customer",
         "acme/proj_/v1-business-model-customer",
         "acme/proj_42/v1-business-model-customer/x",
-        "acme/proj_42/v1-customization-h\x00k-customer",
+        "acme/proj_42/v1-customization-h+k-customer",
         "acme/proj_42/whatever",
         "",
     ],
@@ -91,6 +91,33 @@ def test_error_topic_is_ignored_without_an_alarm(topic: str, payload: bytes) -> 
 def test_unrecognised_topic_is_ignored_without_an_alarm(topic: str, payload: bytes) -> None:
     """A message on a topic the bridge does not recognise is dropped without an alarm."""
     assert_ignored(process(topic, payload), Disposition.UNRECOGNISED)
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "acme/proj_42/v1-customization-h\x00k-customer",
+        "ac\x1bme/proj_42/v1-business-model-customer",
+        "acme/proj_4\x852/v1-business-model-customer",
+        "acme/proj_42/v1-customization-h\ufffek-customer",
+    ],
+)
+@pytest.mark.parametrize("payload", ANY_PAYLOADS)
+def test_inbound_topic_with_a_control_character_is_refused_without_an_alarm(
+    topic: str, payload: bytes
+) -> None:
+    """A control character or noncharacter in an inbound topic: refused (kept raw), no alarm."""
+    outcome = process(topic, payload)
+    assert outcome.disposition is Disposition.REFUSED_TOPIC
+    assert outcome.alarms == () and outcome.forward == ()
+    assert outcome.inbound is not None
+
+
+def test_a_refused_topic_outside_the_selection_is_not_selected() -> None:
+    """The selection applies first: another tenant's refused topic is not this bridge's."""
+    pipeline = Pipeline(Rules(), Selection(tenants=("acme",)))
+    outcome = pipeline.process("other/proj_42/v1-customization-h\x00k-customer", b"{}")
+    assert outcome.disposition is Disposition.NOT_SELECTED
 
 
 def test_no_alarm_for_a_leaf_ending_in_error_customer() -> None:

@@ -14,6 +14,7 @@ from bridge.topics import (
     TopicKind,
     TopicRole,
     error_topic,
+    escape,
     parse,
 )
 
@@ -161,26 +162,73 @@ def test_malformed_topics_are_unrecognised(topic: str) -> None:
     assert parsed.inbound is None
 
 
-_BAD_CHARS = ["\x00", "+", "#", "\x01", "\x1f", "\x7f", "\n", "\t", "\u200b"]
+_WILDCARDS = ["+", "#"]
+_REFUSED_CHARS = ["\x00", "\x01", "\x1f", "\x7f", "\x85", "\x9f", "\n", "\t", "\ufdd0", "\ufffe"]
+_REFUSED_CHARS += ["\U0001fffe", "\U0010ffff"]
+# Format, private-use and (in today's Unicode tables) unassigned code points are all input.
+_ACCEPTED_CHARS = ["\u00ad", "\u200b", "\u200d", "\ue000", "\U000f0000", "\U0001fae9", "\U0003fffd"]
+_TEMPLATES = [
+    "ac{x}me/proj_42/v1-business-model-customer",
+    "acme/proj_4{x}2/v1-business-model-customer",
+    "acme/proj_42/v1-customization-hi{x}k-customer",
+]
 
 
-@pytest.mark.parametrize("bad", _BAD_CHARS, ids=repr)
+@pytest.mark.parametrize("bad", _WILDCARDS, ids=repr)
 @pytest.mark.parametrize(
-    "template",
-    [
-        "ac{x}me/proj_42/v1-business-model-customer",
-        "acme/proj_4{x}2/v1-business-model-customer",
-        "acme/proj_42/v1-customization-hi{x}k-customer",
-        "acme/proj_42/v1-customization-hik{x}-error-customer",
-    ],
+    "template", [*_TEMPLATES, "acme/proj_42/v1-customization-hik{x}-error-customer"]
 )
-def test_wildcards_nul_and_control_characters_make_a_topic_unrecognised(
-    bad: str, template: str
-) -> None:
-    """NUL, '+', '#' and control/format characters in any segment: unrecognised, never input."""
+def test_wildcards_make_a_topic_unrecognised(bad: str, template: str) -> None:
+    """'+' and '#' are outside the topic grammar: unrecognised, never input."""
     parsed = parse(template.format(x=bad))
     assert parsed.role is TopicRole.UNRECOGNISED
     assert parsed.inbound is None
+
+
+@pytest.mark.parametrize("bad", _REFUSED_CHARS, ids=repr)
+@pytest.mark.parametrize("template", _TEMPLATES)
+def test_control_characters_and_noncharacters_make_an_inbound_topic_refused(
+    bad: str, template: str
+) -> None:
+    """C0/C1 controls and noncharacters: REFUSED, with the parts kept for the selection."""
+    parsed = parse(template.format(x=bad))
+    assert parsed.role is TopicRole.REFUSED
+    assert parsed.inbound is not None
+    with pytest.raises(ValueError):
+        error_topic(template.format(x=bad))
+
+
+@pytest.mark.parametrize("bad", _REFUSED_CHARS, ids=repr)
+def test_an_error_topic_with_a_control_character_stays_an_error_topic(bad: str) -> None:
+    """An error topic is never input, whatever it holds."""
+    assert parse(f"acme/proj_42/v1-customization-hik{bad}-error-customer").role is TopicRole.ERROR
+
+
+@pytest.mark.parametrize("char", _ACCEPTED_CHARS, ids=repr)
+@pytest.mark.parametrize("template", _TEMPLATES)
+def test_format_private_use_and_unassigned_characters_are_input(char: str, template: str) -> None:
+    """Soft hyphen, joiners, private-use and unassigned code points are inbound (SPEC 1)."""
+    topic = template.format(x=char)
+    parsed = parse(topic)
+    assert parsed.role is TopicRole.INBOUND
+    assert parsed.inbound is not None
+    assert char in error_topic(topic)
+
+
+def test_an_emoji_zwj_sequence_vendor_is_input() -> None:
+    """A vendor named `acme` plus a family emoji (ZWJ sequence) is an inbound topic."""
+    vendor = "acme\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466"
+    parsed = parse(f"t/proj_1/{custom_leaf(vendor)}")
+    assert parsed.inbound is not None
+    assert parsed.role is TopicRole.INBOUND
+    assert parsed.inbound.vendor == vendor
+
+
+def test_escape_writes_refused_characters_as_escapes() -> None:
+    """A refused topic logs as ASCII escapes of its refused characters, the rest as is."""
+    assert escape("t\x00/proj_1/v1-customization-\u00e9\x85\ufffe-customer") == (
+        "t\\x00/proj_1/v1-customization-\u00e9\\x85\\ufffe-customer"
+    )
 
 
 # --- error topic derivation ------------------------------------------------------------------
@@ -217,8 +265,8 @@ def test_error_topic_inserts_error_before_the_final_customer(inbound: str, expec
 
 
 _SEGMENT_CHARS = st.characters(
-    blacklist_categories=("Cc", "Cf", "Cs", "Co", "Cn"), blacklist_characters="/+#\x00"
-)
+    blacklist_categories=("Cc", "Cs"), blacklist_characters="/+#"
+).filter(lambda c: not (0xFDD0 <= ord(c) <= 0xFDEF or ord(c) & 0xFFFE == 0xFFFE))
 _SEGMENT = st.text(_SEGMENT_CHARS, min_size=1, max_size=12)
 
 
@@ -304,6 +352,16 @@ def test_selection_accepts_vendors_with_dashes_and_non_ascii(vendor: str) -> Non
     assert Selection(vendors=(vendor,)).vendors == (vendor,)
 
 
+@pytest.mark.parametrize(
+    "vendor", ["ac\u00adme", "acme\U0001f468\u200d\U0001f469", "\ue000", "x\U0003fffd"]
+)
+def test_selection_accepts_vendors_with_format_private_use_and_unassigned_characters(
+    vendor: str,
+) -> None:
+    """What SPEC 1's grammar allows on the wire is valid config too."""
+    assert Selection(vendors=(vendor,)).vendors == (vendor,)
+
+
 @pytest.mark.parametrize("name", ["tenants", "projects", "versions", "vendors"])
 def test_selection_rejects_an_empty_list(name: str) -> None:
     """Every list needs at least one value (or `+`)."""
@@ -312,7 +370,9 @@ def test_selection_rejects_an_empty_list(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["tenants", "projects", "vendors"])
-@pytest.mark.parametrize("value", ["", "a/b", "a+", "#", "x\x00", "x\x01"], ids=repr)
+@pytest.mark.parametrize(
+    "value", ["", "a/b", "a+", "#", "x\x00", "x\x01", "x\x9f", "x\ufdd0", "x\U0010fffe"], ids=repr
+)
 def test_selection_rejects_unusable_segments(name: str, value: str) -> None:
     """A literal that is empty or holds `/`, wildcards, NUL or controls is rejected."""
     with pytest.raises(ValueError, match=name):

@@ -547,13 +547,17 @@ def test_nan_and_infinity_are_refused(constant: bytes) -> None:
     assert_message_fault(validate(payload, LENIENT, customization=False))
 
 
-@pytest.mark.parametrize(
-    "number", [b"1e400", b"-1e400", b"1" + b"0" * 30, b"-" + b"9" * 25, b"9" * 5000], ids=str
-)
-def test_huge_numbers_are_refused(number: bytes) -> None:
-    """Numbers beyond float range or with more than 20 digits are a message fault."""
+@pytest.mark.parametrize("number", [b"1e400", b"-1e400", b"1" + b"0" * 30, b"-" + b"9" * 25])
+def test_huge_numbers_are_a_fault_of_their_field(number: bytes) -> None:
+    """A number too large for reportTs fails reportTs (every operation), not the payload."""
     payload = encode(envelope()).replace(b'"reportTs": 1661154622', b'"reportTs": ' + number)
     assert number in payload
+    assert_envelope_fault(validate(payload, LENIENT, customization=False), "reportTs", [customer()])
+
+
+def test_an_integer_past_4300_digits_is_not_json() -> None:
+    """Python's integer text limit (4,300 digits) is where a number stops being JSON."""
+    payload = encode(envelope()).replace(b'"reportTs": 1661154622', b'"reportTs": ' + b"9" * 4301)
     assert_message_fault(validate(payload, LENIENT, customization=False))
 
 
@@ -589,3 +593,180 @@ def test_envelope_and_record_reasons_never_quote_values(rules: Rules) -> None:
     for reason in reasons:
         for value in (phone, "110101199003070000", "secret-ts", "secret-msg-id", "secret-rts"):
             assert value not in reason
+
+
+# --- contract round 2 (issue 13): nothing dropped at the edges -------------------------------
+
+
+def _spliced(document: Any, old: bytes, new: bytes) -> bytes:
+    payload = encode(document)
+    assert old in payload
+    return payload.replace(old, new, 1)
+
+
+def test_a_36_digit_role_id_fails_its_record_only() -> None:
+    """roleId 10**36 beside a valid record: that record fails roleId, its sibling goes on."""
+    bad = customer(id="c-2", roleId=10**36)
+    result = run(envelope({"add": op_body([customer(), bad])}))
+    op = only_op(result)
+    assert op.accepted == (customer(),)
+    assert op.rejected == (bad,)
+    assert [(e.index, e.field) for e in op.errors] == [(1, "roleId")]
+
+
+def test_a_20_digit_event_ts_in_strict_fails_its_operation_only() -> None:
+    """Strict: eventTs 10**20 on add fails add; the valid edit beside it is forwarded."""
+    events = {"add": op_body([customer()], eventTs=10**20), "edit": op_body([customer(id="e")])}
+    result = run(envelope(events), STRICT)
+    assert result.message_errors == ()
+    add, edit = result.ops
+    assert add.accepted == () and add.errors[0].field == "events.add.eventTs"
+    assert edit.accepted == (customer(id="e"),) and edit.errors == ()
+
+
+def test_a_25_digit_unknown_field_is_kept_exactly_in_lenient() -> None:
+    """Lenient keeps an unknown field holding 10**25 digit for digit."""
+    op = only_op(run(envelope({"add": op_body([customer(extra=10**25)])})))
+    assert op.accepted[0]["extra"] == 10**25
+    assert str(10**25) in json.dumps(op.accepted[0])
+
+
+def test_two_add_blocks_are_two_batches_in_payload_order() -> None:
+    """Two `add` keys in events: both batches are processed, first one first."""
+    payload = _spliced(
+        envelope({"add": op_body([customer(id="a-1")])}),
+        b'"events": {',
+        b'"events": {"add": ' + encode(op_body([customer(id="a-0")])) + b", ",
+    )
+    result = validate(payload, LENIENT, customization=False)
+    assert [op.op for op in result.ops] == [Op.ADD, Op.ADD]
+    assert [op.accepted[0]["id"] for op in result.ops] == ["a-0", "a-1"]
+
+
+def test_a_field_given_twice_fails_its_record() -> None:
+    """A record with `phone` twice fails (repeated field); its sibling is forwarded."""
+    payload = _spliced(
+        envelope({"add": op_body([customer(id="twice"), customer(id="once")])}),
+        b'"id": "twice",',
+        b'"id": "twice", "phone": "1",',
+    )
+    op = only_op(validate(payload, LENIENT, customization=False))
+    assert [r["id"] for r in op.accepted] == ["once"]
+    assert op.errors == (FieldError(0, "phone", "repeated field"),)
+
+
+def test_a_repeated_key_in_meta_fails_its_record() -> None:
+    """A repeated key nested in a record (meta) fails that record, naming meta."""
+    payload = _spliced(
+        envelope({"add": op_body([customer(meta={"a": 1})])}), b'{"a": 1}', b'{"a": 1, "a": 2}'
+    )
+    op = only_op(validate(payload, LENIENT, customization=True))
+    assert op.accepted == ()
+    assert op.errors == (FieldError(0, "meta", "repeated key"),)
+
+
+def test_a_repeated_key_in_an_operation_body_fails_that_operation() -> None:
+    """eventType twice in add fails add (envelope fault); edit beside it goes on."""
+    events = {"add": op_body([customer()]), "edit": op_body([customer(id="e")])}
+    payload = _spliced(envelope(events), b'"eventType": 1,', b'"eventType": 1, "eventType": 1,')
+    add, edit = validate(payload, LENIENT, customization=False).ops
+    assert (
+        add.accepted == ()
+        and FieldError(None, "events.add.eventType", "repeated key") in add.errors
+    )
+    assert edit.accepted == (customer(id="e"),)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        (b'"msgId": "m-1",', b'"msgId": "m-1", "msgId": "m-1",', "msgId"),
+        (
+            b'"poiCode": "s0140001",',
+            b'"poiCode": "s0140001", "poiCode": "s0140001",',
+            "profile.poiCode",
+        ),
+    ],
+)
+def test_a_repeated_key_at_top_level_or_in_profile_fails_every_operation(
+    old: bytes, new: bytes, field: str
+) -> None:
+    """A key repeated at the top level or in profile fails add and edit alike."""
+    events = {"add": op_body([customer()]), "edit": op_body([customer(id="e")])}
+    result = validate(_spliced(envelope(events), old, new), LENIENT, customization=False)
+    assert len(result.ops) == 2
+    for op in result.ops:
+        assert op.accepted == ()
+        assert FieldError(None, field, "repeated key") in op.errors
+
+
+def test_a_byte_order_mark_before_the_json_is_ignored() -> None:
+    """A UTF-8 BOM in front of a valid envelope changes nothing."""
+    op = only_op(validate(b"\xef\xbb\xbf" + encode(envelope()), STRICT, customization=False))
+    assert op.accepted == (customer(),)
+
+
+@pytest.mark.parametrize(("text", "value"), [(b"30.0", 30), (b"1e2", 100), (b"1E1", 10)])
+def test_whole_number_floats_for_int_fields_convert_in_lenient_only(
+    text: bytes, value: int
+) -> None:
+    """age 30.0 / 1e2 becomes an int in lenient mode; strict refuses it."""
+    payload = _spliced(
+        envelope({"add": op_body([customer(age=7)])}), b'"age": 7', b'"age": ' + text
+    )
+    lenient = only_op(validate(payload, LENIENT, customization=False))
+    assert lenient.accepted[0]["age"] == value and type(lenient.accepted[0]["age"]) is int
+    strict = only_op(validate(payload, STRICT, customization=False))
+    assert strict.accepted == () and strict.errors[0].field == "age"
+
+
+@pytest.mark.parametrize("text", [b"30.5", b"4503599627370497.5", b"1e400"])
+def test_floats_with_a_fraction_or_out_of_range_fail_an_int_field(text: bytes) -> None:
+    """A fraction, even one a float rounds away, or a number no float holds: the field fails."""
+    payload = _spliced(
+        envelope({"add": op_body([customer(bornDate=7)])}), b'"bornDate": 7', b'"bornDate": ' + text
+    )
+    op = only_op(validate(payload, LENIENT, customization=False))
+    assert op.accepted == () and op.errors[0].field == "bornDate"
+
+
+@MODES
+@pytest.mark.parametrize("name", ["id", "name", "phone", "projectId"])
+def test_required_strings_of_whitespace_only_fail(rules: Rules, name: str) -> None:
+    """A required string must hold a character other than whitespace."""
+    op = only_op(run(envelope({"add": op_body([customer(**{name: " \t\u3000"})])}), rules))
+    assert op.accepted == () and op.errors[0].field == name
+
+
+def test_required_strings_are_forwarded_untrimmed() -> None:
+    """Surrounding whitespace of a required string is kept as received."""
+    op = only_op(run(envelope({"add": op_body([customer(name=" 张三 ")])})))
+    assert op.accepted[0]["name"] == " 张三 "
+
+
+def test_a_repeated_events_key_fails_the_operations_of_both_blocks() -> None:
+    """`events` given twice: the operations of both blocks fail, none left unreported."""
+    payload = _spliced(
+        envelope({"add": op_body([customer(id="second")])}),
+        b'"events": {',
+        b'"events": {"edit": ' + encode(op_body([customer(id="first")])) + b'}, "events": {',
+    )
+    result = validate(payload, LENIENT, customization=False)
+    assert [(op.op, op.rejected[0]["id"]) for op in result.ops] == [
+        (Op.EDIT, "first"),
+        (Op.ADD, "second"),
+    ]
+    for op in result.ops:
+        assert op.accepted == () and FieldError(None, "events", "repeated key") in op.errors
+
+
+def test_a_repeated_customer_list_alarms_the_records_of_each() -> None:
+    """customerList given twice fails its operation; the alarm holds the records of both."""
+    payload = _spliced(
+        envelope({"add": op_body([customer(id="b")])}),
+        b'"customerList": [',
+        b'"customerList": [' + encode(customer(id="a")) + b'], "customerList": [',
+    )
+    op = only_op(validate(payload, LENIENT, customization=False))
+    assert [r["id"] for r in op.rejected] == ["a", "b"]
+    assert FieldError(None, "events.add.customerList", "repeated key") in op.errors
