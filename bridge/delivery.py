@@ -27,8 +27,9 @@ from bridge.encoding import alarm_body, encode_event, ordering_key
 from bridge.errors import BrokerError, Partial, PublishRefused, SinkError
 from bridge.events import DownstreamEvent
 from bridge.metrics import Metrics
+from bridge.outbox import NewRow, alarm_outbox_row
 from bridge.sinks import Refused, Route, Sink
-from bridge.spool import ALARMS, NewRow, Row, Spool, SpoolError
+from bridge.spool import Row, Spool, SpoolError
 
 Publish = Callable[[str, bytes, int, bool], None]
 
@@ -105,11 +106,6 @@ def hand_over(
     send_json = getattr(sink, "send_json", None)
     answer = send_json(bodies) if callable(send_json) else sink.send(events)
     return answer if isinstance(answer, Refused) else None
-
-
-def alarm_outbox_row(body: str) -> NewRow:
-    """The outbox row of an encoded alarm; alarms keep one order among themselves."""
-    return NewRow(ALARMS, "", body)
 
 
 def alarm_row(alarm: alarms.Alarm) -> NewRow:

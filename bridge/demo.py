@@ -21,11 +21,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from paho.mqtt.client import Client, MQTTMessage
-from paho.mqtt.enums import CallbackAPIVersion
-
 from bridge import config, logs
+from bridge.config import BrokerConfig
 from bridge.errors import BrokerError
+from bridge.intake import codec
+from bridge.intake.client import ConnectSettings, IntakeClient
+from bridge.intake.message import InboundMessage
+from bridge.mqtt import Publisher
 from bridge.runtime import Bridge
 from bridge.standins import (
     MobileEventsStandIn,
@@ -94,40 +96,50 @@ def traffic(rng: random.Random) -> Iterator[tuple[str, str, bytes]]:
 
 
 class _Watcher:
-    """Subscribes to what the bridge forwards and to the error topics, and prints both."""
+    """Subscribes to what the bridge forwards and to the error topics, and prints both.
+
+    It uses the bridge's own receive-only client: the demo needs no MQTT library of its own.
+    """
 
     def __init__(self, port: int) -> None:
         self.seen = 0
         self._lock = threading.Lock()
-        self.client = Client(CallbackAPIVersion.VERSION2, client_id=f"demo-watch-{uuid.uuid4()}")
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe([("demo/forwarded/#", 1), ("+/+/+", 1)])
-        self.client.loop_start()
+        settings = ConnectSettings(
+            "127.0.0.1", port, f"demo-watch-{uuid.uuid4()}", version=codec.MQTT_311
+        )
+        self.client = IntakeClient(
+            settings, ["demo/forwarded/#", "+/+/+"], self._on_batch, logs.get_logger()
+        )
+        self.client.start()
+        self.client.subscribed.wait(10)
 
-    def _on_message(self, _client: Client, _userdata: Any, message: MQTTMessage) -> None:
+    def _on_batch(self, batch: list[InboundMessage]) -> None:
+        for message in batch:
+            self._show(message.topic or "", message.payload)
+        self.client.ack(batch[0].generation, [m.mid for m in batch if m.qos])
+
+    def _show(self, topic: str, payload: bytes) -> None:
         try:
-            if message.topic.startswith("demo/forwarded/"):
-                event = json.loads(message.payload)
+            if topic.startswith("demo/forwarded/"):
+                event = json.loads(payload)
                 shown = logs.redact(event["customer"])
                 print(f"    forwarded {event['op']:<6} {json.dumps(shown, ensure_ascii=False)}")
-            elif message.topic.endswith("-error-customer"):
-                alarm = json.loads(message.payload)
+            elif topic.endswith("-error-customer"):
+                alarm = json.loads(payload)
                 for key, body in alarm["events"].items():
                     print(
-                        f"    ALARM {body['status']} code {body['code']} on {message.topic}\n"
+                        f"    ALARM {body['status']} code {body['code']} on {topic}\n"
                         f"          {key}: {body['msg']} ({len(body['customerList'])} record(s))"
                     )
             else:
                 return
             with self._lock:
                 self.seen += 1
-        except Exception:  # noqa: BLE001 - the demo's printer must not kill paho's loop
+        except Exception:  # noqa: BLE001 - the demo's printer must not stop the watcher
             print("    (could not show a message)")
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.client.stop()
 
 
 def _free_port() -> int:
@@ -284,9 +296,17 @@ def _run(
         if not bridge.wait_ready(15):
             raise BrokerError("the bridge did not subscribe within 15 s")
         watcher = _Watcher(port)
-        platform = Client(CallbackAPIVersion.VERSION2, client_id=f"demo-platform-{uuid.uuid4()}")
-        platform.connect("127.0.0.1", port)
-        platform.loop_start()
+        platform = Publisher(
+            BrokerConfig(
+                host="127.0.0.1",
+                port=port,
+                protocol="3.1.1",
+                client_id=f"demo-platform-{uuid.uuid4()}",
+            ),
+            logs.get_logger(),
+        )
+        platform.start()
+        platform.connected.wait(10)
         rng = random.Random()  # noqa: S311 - sample data, not secrets
         done = 0
         while rounds == 0 or done < rounds:
@@ -294,14 +314,13 @@ def _run(
             print(f"\nround {done}")
             for what, topic, payload in traffic(rng):
                 print(f"  platform publishes {what}\n    on {topic}")
-                platform.publish(topic, payload, qos=1).wait_for_publish(5)
+                platform.publish(topic, payload, qos=1)
                 time.sleep(0.3)  # let the output of one message print before the next
             if rounds == 0 or done < rounds:
                 time.sleep(interval)
         time.sleep(1.0)
         _settle(standins)
-        platform.disconnect()
-        platform.loop_stop()
+        platform.stop()
     except KeyboardInterrupt:
         print("\ninterrupted")
     finally:

@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 
-from bridge.delivery import alarm_outbox_row
 from bridge.digest import Digest, Forward
-from bridge.sinks import Route
-from bridge.spool import NewRow
+from bridge.outbox import NewRow, alarm_outbox_row
+from bridge.routes import Route
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,11 +31,12 @@ from bridge.intake.unit import Intake
 from bridge.intake.workers import DigestPool, default_processes
 from bridge.metrics import Metrics
 from bridge.mqtt import Publisher
+from bridge.outbox import ALARMS, NewRow
 from bridge.pipeline import Pipeline
 from bridge.sdnotify import Notifier, Watchdog
 from bridge.signals import requested as early_stop
 from bridge.sinks import SinkContext, build_sinks
-from bridge.spool import ALARMS, NewRow, Row, Spool
+from bridge.spool import Row, Spool
 from bridge.status import Stats, Status
 
 if TYPE_CHECKING:

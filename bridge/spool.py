@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bridge.errors import BridgeError
+from bridge.outbox import ALARMS, NewRow
 
-ALARMS = "@alarms"
+__all__ = ["ALARMS", "NewRow"]
 """The outbox target of alarms; sinks have their configured names."""
 
 RAW_PAYLOAD_LIMIT = 4096
@@ -174,15 +175,6 @@ class Row:
     def decoded(self) -> Any:
         """The row's JSON body."""
         return json.loads(self.body)
-
-
-@dataclass(frozen=True, slots=True)
-class NewRow:
-    """An outbox row to insert: which target, which ordering key, what body."""
-
-    target: str
-    okey: str
-    body: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,9 +20,9 @@ import structlog
 
 from bridge.digest import Digest
 from bridge.metrics import Metrics, field_label
+from bridge.outbox import NewRow
 from bridge.pipeline import Disposition
 from bridge.sdnotify import Notifier
-from bridge.spool import NewRow
 from bridge.topics import escape
 
 

@@ -26,9 +26,10 @@ from bridge.errors import Partial, SinkError
 from bridge.intake.connection import BrokerConnection
 from bridge.intake.message import InboundMessage
 from bridge.intake.workers import BrokenProcessPool, DigestPool, digest_message
+from bridge.outbox import NewRow
 from bridge.pipeline import Pipeline
 from bridge.plan import Destination, plan
-from bridge.spool import NewRow, Spool, SpoolError
+from bridge.spool import Spool, SpoolError
 from bridge.status import Status
 
 PRUNE_EVERY = 60.0

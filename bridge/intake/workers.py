@@ -15,7 +15,10 @@ and the supervisor stops them in order).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import ctypes
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
 from collections.abc import Sequence
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 Item = tuple[str | None, bytes]
 
 _pipeline: Pipeline | None = None
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def digest_message(
@@ -66,9 +70,28 @@ def digest_message(
     return digest(outcome, payload)
 
 
+def _die_with_parent() -> None:
+    # A bridge killed with SIGKILL must not leave its workers behind, orphaned and waiting for
+    # work forever. The fork server exits once nobody holds its "alive" pipe, but it hands each
+    # child a copy (for children of children, which workers never have): closing ours lets it
+    # go with the bridge, and the kernel then kills each worker when its parent is gone.
+    server = getattr(multiprocessing.forkserver, "_forkserver", None)
+    alive = getattr(server, "_forkserver_alive_fd", None)
+    if alive is not None:
+        with contextlib.suppress(OSError):
+            os.close(alive)
+        server._forkserver_alive_fd = None  # type: ignore[union-attr]
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent went before the request was in place
+        os._exit(1)
+
+
 def _start(rules: Rules, selection: Selection, level: str, fmt: str, redact: bool) -> None:
     global _pipeline  # noqa: PLW0603 - one pipeline per worker process, built once
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
     logs.configure(level, fmt, redact_personal=redact)
     _pipeline = Pipeline(rules, selection)
 
@@ -121,7 +144,9 @@ class DigestPool:
     def warm(self) -> list[int]:
         """Start every worker now (not on the first group); their process ids."""
         futures = [self._executor.submit(_pid) for _ in range(self.processes)]
-        return [future.result() for future in futures]
+        for future in futures:
+            future.result()  # one worker may answer both: the pool's own list says who runs
+        return self.pids()
 
     def pids(self) -> list[int]:
         """The process ids of the workers running now."""

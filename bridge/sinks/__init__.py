@@ -12,7 +12,8 @@ from typing import Annotated
 from pydantic import Field
 
 from bridge.errors import ConfigError
-from bridge.sinks.base import Refused, Route, Sink, SinkConfigBase, SinkContext
+from bridge.routes import Route
+from bridge.sinks.base import Refused, Sink, SinkConfigBase, SinkContext
 from bridge.sinks.jsonl import JsonlConfig
 from bridge.sinks.log import LogConfig
 from bridge.sinks.mirror import MirrorConfig
