@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from bridge.spool import Spool
 
-from bridge import __version__
+from bridge import __version__, version
 from bridge.alarms import CODE_INVALID, CODE_SINK_GAVE_UP, MESSAGE_STATUS, status_of
 from bridge.pipeline import Disposition
 from bridge.records import ADD_EDIT_FIELDS, DELETE_FIELDS, Op
@@ -47,7 +47,7 @@ DISPOSITIONS = (*(str(d) for d in Disposition), "duplicate")
 ALARM_STATUSES = (*(status_of(str(op)) for op in Op), MESSAGE_STATUS)
 ALARM_CODES = (str(CODE_INVALID), str(CODE_SINK_GAVE_UP))
 DEAD_LETTER_KINDS = ("event", "alarm", "payload")
-READINESS_CHECKS = ("subscribed", "spool_writable", "accepting")
+READINESS_CHECKS = ("subscribed", "spool_writable", "accepting", "spool_room")
 ALARM_KIND = "alarm"
 """The delivery kind of the worker that publishes alarms: counted as alarms, not as a sink."""
 
@@ -133,11 +133,13 @@ class Metrics:
             GCCollector(registry=r)
         self.build_info = Gauge(
             "bridge_build_info",
-            "Always 1; the labels say which bridge and Python run",
-            ["version", "python_version"],
+            "Always 1; the labels say which bridge (version, git commit) and Python run",
+            ["version", "commit", "python_version"],
             registry=r,
         )
-        self.build_info.labels(version=__version__, python_version=platform.python_version()).set(1)
+        self.build_info.labels(
+            version=__version__, commit=version.commit(), python_version=platform.python_version()
+        ).set(1)
 
         # intake
         self.received = Counter(
@@ -300,7 +302,8 @@ class Metrics:
 
 
 class _SpoolCollector(Collector):
-    """Dead letters, unreadable payloads and free space, counted in the spool when scraped."""
+    """Unreadable payloads and free space, read from the spool when scraped (the dead letters
+    by kind are exported with the other watched figures)."""
 
     def __init__(self, spool: Spool) -> None:
         self._spool = spool
@@ -312,13 +315,6 @@ class _SpoolCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """One read of the spool per scrape."""
         spool = self._spool
-        stored = GaugeMetricFamily(
-            "bridge_dead_letters_stored", "Dead letters in the spool, by kind", labels=["kind"]
-        )
-        counts = spool.dead_counts()
-        for kind in ("event", "alarm", "payload"):
-            stored.add_metric([kind], counts.get(kind, 0))
-        yield stored
         unreadable = GaugeMetricFamily(
             "bridge_unreadable_payloads",
             "Unreadable payloads: kept raw, as metadata only past the quota, or only counted",

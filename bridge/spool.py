@@ -522,12 +522,6 @@ class Spool:
             "forgotten": int(forgotten[0]) if forgotten else 0,
         }
 
-    def dead_counts(self) -> dict[str, int]:
-        """Dead letters by kind (event, alarm, payload), read from the spool itself."""
-        with self._lock:
-            rows = self._db.execute("SELECT kind, COUNT(*) FROM dead GROUP BY kind").fetchall()
-        return {str(kind): int(n) for kind, n in rows}
-
     def seen(self, keys: Iterable[str]) -> set[str]:
         """Which of `keys` are inside the de-duplication window."""
         wanted = list(keys)

@@ -3,6 +3,7 @@ series, dead letters as stored, and names that `promtool check metrics` accepts.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import urllib.request
@@ -90,7 +91,9 @@ def test_every_series_is_there_at_zero_before_the_first_message(
     assert value(text, "bridge_heartbeat_age_seconds", component="intake") is not None
     assert (value(text, "process_resident_memory_bytes") or 0) > 0
     assert value(text, "process_start_time_seconds") is not None
-    assert any(name == "bridge_build_info" for name, _ in samples(text))
+    (build,) = [dict(labels) for name, labels in samples(text) if name == "bridge_build_info"]
+    assert build["version"] and build["python_version"]
+    assert re.fullmatch(r"[0-9a-f]{12}(-dirty)?|unknown", build["commit"]), build
     assert not any(dict(labels).get("sink", "").startswith("@") for _, labels in samples(text))
     promtool_check(text)
 

@@ -67,7 +67,7 @@ def test_a_replay_beside_the_daemon_never_drives_pending_negative(path: Path, sp
     assert spool.pending == 4
     spool.done([r.id for r in spool.due("sink", 10)])
     assert spool.pending == 0
-    assert spool.dead_counts() == {}
+    assert spool.dead_by_kind() == {}
 
 
 def test_unreadable_payloads_past_the_quota_keep_only_metadata(spool: Spool) -> None:
