@@ -57,6 +57,7 @@ class Intake:
         beat: Callable[[], None] = lambda: None,
         pool: DigestPool | None = None,
         pool_threshold: int = 16,
+        group_bytes: int | None = None,
     ) -> None:
         self.connection: BrokerConnection | None = None
         self.stopping = threading.Event()  # take no more, give up waiting for room
@@ -71,6 +72,9 @@ class Intake:
         self._queue_limit = queue_limit
         self._beat = beat
         self._pool = pool
+        # What one group may carry: a commit writes about four times its payload (the rows,
+        # their index entries, the log), and must stay well inside the room above the floor.
+        self._group_bytes = group_bytes if group_bytes is not None else max(spool.floor // 16, 1)
         self._pool_threshold = pool_threshold  # below it, a hand-off costs more than the work
         self._queue: collections.deque[InboundMessage] = collections.deque()
         self._ready = threading.Condition()
@@ -137,8 +141,15 @@ class Intake:
                 self._ready.wait(1.0)
                 if not self._queue:
                     return []
-            count = min(len(self._queue), self._group)
-            batch = [self._queue.popleft() for _ in range(count)]
+            # At most `group` messages, and (beyond the first) at most `group_bytes` of payload:
+            # a commit must fit in the room the spool keeps above its free-space floor.
+            batch = [self._queue.popleft()]
+            size = len(batch[0].payload)
+            queue, limit, budget = self._queue, self._group, self._group_bytes
+            while queue and len(batch) < limit and size + len(queue[0].payload) <= budget:
+                message = queue.popleft()
+                size += len(message.payload)
+                batch.append(message)
             self._ready.notify_all()
             return batch
 
