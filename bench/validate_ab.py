@@ -30,7 +30,7 @@ def main() -> None:
     sys.path.insert(0, str(args.bridge / "bench"))
     import traffic  # noqa: PLC0415 - from the tree under test
 
-    from bridge.validate import Mode, Rules, validate  # noqa: PLC0415
+    from bridge.core.validate import Mode, Rules, validate  # noqa: PLC0415
 
     envelopes = traffic.make(args.messages)
     families: dict[str, list[tuple[bytes, bool]]] = {

@@ -16,13 +16,14 @@ from typing import Any
 
 import shtab
 
-from bridge import config, logs, masking, version
+from bridge import config, logs, version
+from bridge.core import masking
+from bridge.core.pipeline import Disposition, Pipeline
+from bridge.core.topics import Selection
+from bridge.core.validate import Mode, Rules
 from bridge.errors import BridgeError, BrokerError, ConfigError, UnavailableError
-from bridge.pipeline import Disposition, Pipeline
 from bridge.sinks import SinkContext, build_sinks
 from bridge.spool import DeadLetter, Spool, SpoolError
-from bridge.topics import Selection
-from bridge.validate import Mode, Rules
 
 PROG = "customer-bridge"
 EXIT_OK = 0

@@ -19,12 +19,12 @@ from pydantic import (
     model_validator,
 )
 
+from bridge.core.topics import ANY, Selection, check_segments, check_share_group
+from bridge.core.validate import Mode, Rules
 from bridge.errors import ConfigError
 from bridge.secrets import Secret, interpolate_document, read_secret_file
 from bridge.sinks import SinkConfig
 from bridge.spool import Storage
-from bridge.topics import ANY, Selection, check_segments, check_share_group
-from bridge.validate import Mode, Rules
 
 
 class _Model(BaseModel):

@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from bridge import alarms
 from bridge.config import DeliveryConfig
-from bridge.encoding import alarm_body, encode_event, ordering_key
+from bridge.core import alarms
+from bridge.core.encoding import alarm_body, encode_event, ordering_key
+from bridge.core.events import DownstreamEvent
+from bridge.core.outbox import NewRow, alarm_outbox_row
 from bridge.errors import BrokerError, Partial, PublishRefused, SinkError
-from bridge.events import DownstreamEvent
 from bridge.metrics import Metrics
-from bridge.outbox import NewRow, alarm_outbox_row
 from bridge.sinks import Refused, Route, Sink
 from bridge.spool import Row, Spool, SpoolError
 

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from bridge.masking import DROPPED_FIELDS, MASKED_FIELDS, mask, redact, redact_event
+from bridge.core.masking import DROPPED_FIELDS, MASKED_FIELDS, mask, redact, redact_event
 
 __all__ = ["DROPPED_KEYS", "MASKED_KEYS", "configure", "get_logger", "mask", "redact"]
 

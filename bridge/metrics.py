@@ -30,9 +30,9 @@ if TYPE_CHECKING:
     from bridge.spool import Spool
 
 from bridge import __version__, version
-from bridge.alarms import CODE_INVALID, CODE_SINK_GAVE_UP, MESSAGE_STATUS, status_of
-from bridge.pipeline import Disposition
-from bridge.records import ADD_EDIT_FIELDS, DELETE_FIELDS, Op
+from bridge.core.alarms import CODE_INVALID, CODE_SINK_GAVE_UP, MESSAGE_STATUS, status_of
+from bridge.core.pipeline import Disposition
+from bridge.core.records import ADD_EDIT_FIELDS, DELETE_FIELDS, Op
 
 _KNOWN_FIELDS = frozenset(ADD_EDIT_FIELDS) | frozenset(DELETE_FIELDS)
 _ENVELOPE_FIELD = re.compile(r"events\.(add|edit|delete)\.(eventTs|eventType|customerList)")

@@ -22,6 +22,8 @@ import structlog
 
 from bridge import config as config_module
 from bridge.config import Config
+from bridge.core.outbox import ALARMS, NewRow
+from bridge.core.pipeline import Pipeline
 from bridge.delivery import Target, Worker, alarm_sender, give_up_alarms, sink_sender
 from bridge.errors import ConfigError
 from bridge.health import HealthServer
@@ -31,8 +33,6 @@ from bridge.intake.unit import Intake
 from bridge.intake.workers import DigestPool, default_processes
 from bridge.metrics import Metrics
 from bridge.mqtt import Publisher
-from bridge.outbox import ALARMS, NewRow
-from bridge.pipeline import Pipeline
 from bridge.sdnotify import Notifier, Watchdog
 from bridge.signals import requested as early_stop
 from bridge.sinks import SinkContext, build_sinks

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from bridge.core.outbox import ALARMS, NewRow
 from bridge.errors import BridgeError
-from bridge.outbox import ALARMS, NewRow
 
 __all__ = ["ALARMS", "NewRow"]
 """The outbox target of alarms; sinks have their configured names."""

@@ -18,12 +18,12 @@ from typing import Any
 
 import structlog
 
-from bridge.digest import Digest
+from bridge.core.digest import Digest
+from bridge.core.outbox import NewRow
+from bridge.core.pipeline import Disposition
+from bridge.core.topics import escape
 from bridge.metrics import Metrics, field_label
-from bridge.outbox import NewRow
-from bridge.pipeline import Disposition
 from bridge.sdnotify import Notifier
-from bridge.topics import escape
 
 
 @dataclass

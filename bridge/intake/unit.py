@@ -2,7 +2,7 @@
 
 This is the one place that turns outcomes into acks. Batches arrive from the broker
 connection (one per socket read); the intake thread takes everything queued, up to
-`spool.intake_batch` messages, validates it, plans it (`bridge.plan`), writes the outbox
+`spool.intake_batch` messages, validates it, plans it (`bridge.core.plan`), writes the outbox
 rows, alarms and de-duplication keys in one spool transaction (one fsync for the whole
 group), and only then acknowledges the group on the connection it came on, in the order it
 came (MQTT 3.1.1 4.6.0-2). A group never waits for more messages: it is what arrived while
@@ -20,15 +20,15 @@ from collections.abc import Callable, Iterator, Sequence
 
 import structlog
 
+from bridge.core.digest import Digest, Forward
+from bridge.core.outbox import NewRow
+from bridge.core.pipeline import Pipeline
+from bridge.core.plan import Destination, plan
 from bridge.delivery import Target, hand_over, takes_json
-from bridge.digest import Digest, Forward
 from bridge.errors import Partial, SinkError
 from bridge.intake.connection import BrokerConnection
 from bridge.intake.message import InboundMessage
 from bridge.intake.workers import BrokenProcessPool, DigestPool, digest_message
-from bridge.outbox import NewRow
-from bridge.pipeline import Pipeline
-from bridge.plan import Destination, plan
 from bridge.spool import Spool, SpoolError
 from bridge.status import Status
 

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING
 import structlog
 
 from bridge import logs
-from bridge.digest import Digest, digest
-from bridge.pipeline import Disposition, Outcome, Pipeline
-from bridge.topics import Selection
-from bridge.validate import Rules
+from bridge.core.digest import Digest, digest
+from bridge.core.pipeline import Disposition, Outcome, Pipeline
+from bridge.core.topics import Selection
+from bridge.core.validate import Rules
 
 if TYPE_CHECKING:
     from bridge.config import Config

@@ -11,8 +11,8 @@ from typing import Annotated
 
 from pydantic import Field
 
+from bridge.core.routes import Route
 from bridge.errors import ConfigError
-from bridge.routes import Route
 from bridge.sinks.base import Refused, Sink, SinkConfigBase, SinkContext
 from bridge.sinks.jsonl import JsonlConfig
 from bridge.sinks.log import LogConfig

@@ -12,8 +12,8 @@ from typing import Literal, Protocol, runtime_checkable
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from bridge.events import DownstreamEvent
-from bridge.routes import Route
+from bridge.core.events import DownstreamEvent
+from bridge.core.routes import Route
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Literal
 
+from bridge.core.events import DownstreamEvent
 from bridge.errors import SinkError
-from bridge.events import DownstreamEvent
 from bridge.sinks.base import SinkConfigBase, SinkContext
 
 

@@ -1,5 +1,5 @@
 """The log sink: one structured log line per record; the log pipeline masks personal data
-(bridge.masking: named fields at any depth, phones, ID numbers and e-mail in any value)."""
+(bridge.core.masking: named fields at any depth, phones, ID numbers and e-mail in any value)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Literal
 
 import structlog
 
-from bridge.events import DownstreamEvent
+from bridge.core.events import DownstreamEvent
 from bridge.sinks.base import SinkConfigBase, SinkContext
 
 

@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bridge.core.events import DownstreamEvent
+from bridge.core.records import Op
 from bridge.errors import SinkError
-from bridge.events import DownstreamEvent
-from bridge.records import Op
 from bridge.secrets import Secret
 
 ATTRIBUTE_CONTEXT = frozenset(

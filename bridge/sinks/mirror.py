@@ -19,9 +19,9 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from bridge.core.events import DownstreamEvent
+from bridge.core.records import Op
 from bridge.errors import ConfigError, SinkError
-from bridge.events import DownstreamEvent
-from bridge.records import Op
 from bridge.secrets import Secret, Url, read_secret_file
 from bridge.sinks.base import Refused, SinkConfigBase, SinkContext
 from bridge.sinks.mirror_sql import (

@@ -8,8 +8,9 @@ import sys
 from datetime import datetime
 from typing import Any
 
-from bridge import logs, masking
+from bridge import logs
 from bridge.config import Config
+from bridge.core import masking
 from bridge.errors import BridgeError, ConfigError, SinkError
 from bridge.sinks.mirror import MirrorConfig, MirrorSink
 from bridge.sinks.mirror_sql import SchemaTooNew

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from bridge.records import ADD_EDIT_FIELDS, Type
+from bridge.core.records import ADD_EDIT_FIELDS, Type
 
 SCHEMA_VERSION = 1
 """The version of the mirror table layout this code writes; recorded in `bridge_mirror`."""

@@ -18,9 +18,9 @@ import structlog
 from pydantic import ConfigDict, Field, field_validator
 
 from bridge import __version__
+from bridge.core.events import DownstreamEvent
+from bridge.core.records import Op
 from bridge.errors import SinkError
-from bridge.events import DownstreamEvent
-from bridge.records import Op
 from bridge.secrets import Secret, Url
 from bridge.sinks.base import SinkConfigBase, SinkContext, retry_after_of
 from bridge.sinks.mapping import (

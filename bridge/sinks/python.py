@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_serializer
 
+from bridge.core.events import DownstreamEvent
 from bridge.errors import ConfigError, Partial, SinkError
-from bridge.events import DownstreamEvent
 from bridge.secrets import masked_options
 from bridge.sinks.base import Refused, SinkConfigBase, SinkContext
 

@@ -9,10 +9,10 @@ from typing import Literal
 
 from pydantic import field_validator
 
+from bridge.core.events import DownstreamEvent
+from bridge.core.topics import is_safe_segment
 from bridge.errors import BrokerError, Partial, PublishRefused, SinkError
-from bridge.events import DownstreamEvent
 from bridge.sinks.base import Publish, SinkConfigBase, SinkContext
-from bridge.topics import is_safe_segment
 
 PLACEHOLDERS = frozenset({"op", "tenant", "projectId", "kind", "version", "vendor", "id"})
 

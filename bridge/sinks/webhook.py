@@ -18,8 +18,8 @@ import httpx
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bridge import __version__
+from bridge.core.events import DownstreamEvent
 from bridge.errors import SinkError
-from bridge.events import DownstreamEvent
 from bridge.secrets import Secret, Url
 from bridge.sinks.base import SinkConfigBase, SinkContext, retry_after_of
 

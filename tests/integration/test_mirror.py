@@ -28,12 +28,12 @@ from test_bridge_run import (  # the fixture is used by name
 )
 
 from bridge.config import parse
+from bridge.core.events import DownstreamEvent
+from bridge.core.records import Op
+from bridge.core.topics import TopicKind
 from bridge.errors import ConfigError, SinkError
-from bridge.events import DownstreamEvent
-from bridge.records import Op
 from bridge.sinks import SinkContext
 from bridge.sinks.mirror import MirrorConfig, MirrorSink, stamp
-from bridge.topics import TopicKind
 
 TENANT = "acme"
 PROJECT = "42"

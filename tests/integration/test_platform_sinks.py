@@ -26,10 +26,11 @@ import structlog
 from structlog.testing import capture_logs
 
 from bridge.config import DeliveryConfig, parse
+from bridge.core.events import DownstreamEvent
+from bridge.core.records import Op
+from bridge.core.topics import TopicKind
 from bridge.delivery import Worker, event_row, sink_sender
 from bridge.errors import BrokerError, ConfigError, SinkError
-from bridge.events import DownstreamEvent
-from bridge.records import Op
 from bridge.sinks import SinkContext, build_sinks
 from bridge.sinks.mapping import IdentitySettings, MappingSettings, RecordMapping
 from bridge.sinks.mobile_events import MobileEventsConfig, MobileEventsSink
@@ -48,7 +49,6 @@ from bridge.standins import (
     QuickAudienceOpenApiStandIn,
     QuickAudienceStandIn,
 )
-from bridge.topics import TopicKind
 
 APP_ID = "app-9"
 ACCESS_ID = "retailadvqa-cn-test"

@@ -23,12 +23,12 @@ import pytest
 import structlog
 
 from bridge.config import parse
+from bridge.core.events import DownstreamEvent
+from bridge.core.records import Op
+from bridge.core.topics import TopicKind
 from bridge.errors import BrokerError, ConfigError, SinkError
-from bridge.events import DownstreamEvent
-from bridge.records import Op
 from bridge.sinks import SinkContext, build_sinks
 from bridge.sinks.webhook import WebhookConfig, WebhookSink
-from bridge.topics import TopicKind
 
 SECRET = "s3cr3t-hmac-key"
 TOKEN = "t0ken-in-the-environment"

@@ -15,12 +15,12 @@ import structlog
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from bridge.config import parse
+from bridge.core.events import DownstreamEvent
+from bridge.core.records import Op
+from bridge.core.topics import TopicKind
 from bridge.errors import BrokerError, ConfigError, SinkError
-from bridge.events import DownstreamEvent
-from bridge.records import Op
 from bridge.sinks import SinkContext, build_sinks
 from bridge.sinks.webhook import WebhookSink, delivery_id, standard_key, standard_signature
-from bridge.topics import TopicKind
 
 # The published vector of the Standard Webhooks libraries (libraries/python/tests).
 VECTOR_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bridge.pipeline import Pipeline
-from bridge.topics import Selection
-from bridge.validate import Mode, Rules
+from bridge.core.pipeline import Pipeline
+from bridge.core.topics import Selection
+from bridge.core.validate import Mode, Rules
 
 PROFILE: dict[str, Any] = {"poiCode": "s0140001", "appType": "customer", "modelId": 140001}
 REPORT_TS = 1661154622

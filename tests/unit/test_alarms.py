@@ -26,10 +26,10 @@ from factories import (
     pipeline,
 )
 
-from bridge import alarms
-from bridge.pipeline import Outcome, Pipeline
-from bridge.topics import Selection
-from bridge.validate import FieldError, Rules
+from bridge.core import alarms
+from bridge.core.pipeline import Outcome, Pipeline
+from bridge.core.topics import Selection
+from bridge.core.validate import FieldError, Rules
 
 ALARM_KEYS = {"msgId", "reportTs", "profile", "events", "sourceMsgId", "errors"}
 EVENT_KEYS = {"eventTs", "eventType", "msg", "status", "code", "customerList"}

@@ -27,9 +27,12 @@ from factories import (
     sequential_ids,
 )
 
-from bridge import alarms
-from bridge.alarms import CODE_SINK_GAVE_UP
 from bridge.config import DeliveryConfig
+from bridge.core import alarms
+from bridge.core.alarms import CODE_SINK_GAVE_UP
+from bridge.core.events import DownstreamEvent
+from bridge.core.records import Op
+from bridge.core.topics import TopicKind
 from bridge.delivery import (
     Worker,
     alarm_row,
@@ -40,12 +43,9 @@ from bridge.delivery import (
     sink_sender,
 )
 from bridge.errors import BrokerError, Partial, PublishRefused, SinkError
-from bridge.events import DownstreamEvent
-from bridge.records import Op
 from bridge.sinks import Refused
 from bridge.sinks.python import PythonSink
 from bridge.spool import ALARMS, NewRow, Row, Spool
-from bridge.topics import TopicKind
 
 SINK = "crm"
 LOG = structlog.get_logger()

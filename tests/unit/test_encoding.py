@@ -8,10 +8,10 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.encoding import encode_event, encode_json
-from bridge.events import DownstreamEvent
-from bridge.records import Op
-from bridge.topics import TopicKind
+from bridge.core.encoding import encode_event, encode_json
+from bridge.core.events import DownstreamEvent
+from bridge.core.records import Op
+from bridge.core.topics import TopicKind
 
 
 def standard(value: object) -> str:

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_properties import FIELDS, REQUIRED, junk
 
-from bridge import fastcheck
-from bridge.records import ADD_EDIT_FIELDS, DELETE_FIELDS, Op, check_record
+from bridge.core import fastcheck
+from bridge.core.records import ADD_EDIT_FIELDS, DELETE_FIELDS, Op, check_record
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

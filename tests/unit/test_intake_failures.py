@@ -11,7 +11,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from bridge.config import Config
-from bridge.pipeline import Outcome
+from bridge.core.pipeline import Outcome
 from bridge.runtime import Bridge
 from bridge.testing import FakeConnection
 

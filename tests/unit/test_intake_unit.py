@@ -12,7 +12,7 @@ import pytest
 import structlog
 
 from bridge.config import Config
-from bridge.digest import dedup_key
+from bridge.core.digest import dedup_key
 from bridge.runtime import Bridge
 from bridge.spool import Spool, SpoolError
 from bridge.testing import FakeConnection

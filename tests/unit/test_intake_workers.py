@@ -14,9 +14,9 @@ import pytest
 import structlog
 
 from bridge.config import Config
-from bridge.digest import Digest
+from bridge.core.digest import Digest
+from bridge.core.pipeline import Pipeline
 from bridge.intake.workers import DigestPool, digest_message
-from bridge.pipeline import Pipeline
 from bridge.runtime import Bridge
 from bridge.testing import FakeConnection
 

@@ -13,7 +13,8 @@ from factories import CUSTOM_TOPIC, STANDARD_TOPIC, customer, encode, envelope, 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge import logs, masking
+from bridge import logs
+from bridge.core import masking
 from bridge.sinks.log import LogSink
 
 SETTINGS = settings(

@@ -26,11 +26,11 @@ from factories import (
     sample,
 )
 
-from bridge.events import DownstreamEvent
-from bridge.pipeline import Disposition, Outcome, Pipeline
-from bridge.records import Op
-from bridge.topics import Selection, TopicKind
-from bridge.validate import Rules
+from bridge.core.events import DownstreamEvent
+from bridge.core.pipeline import Disposition, Outcome, Pipeline
+from bridge.core.records import Op
+from bridge.core.topics import Selection, TopicKind
+from bridge.core.validate import Rules
 
 DOWNSTREAM_KEYS = [
     "op",

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 from bridge.config import Config
-from bridge.digest import FAILED_REASON, Digest, dedup_key, digest
-from bridge.pipeline import Disposition, Outcome, Pipeline
-from bridge.plan import Destination, Plan, plan
-from bridge.records import Op
+from bridge.core.digest import FAILED_REASON, Digest, dedup_key, digest
+from bridge.core.pipeline import Disposition, Outcome, Pipeline
+from bridge.core.plan import Destination, Plan, plan
+from bridge.core.records import Op
 from bridge.sinks import Route
 from bridge.spool import ALARMS
 

@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 
 from bridge.config import parse
+from bridge.core.events import DownstreamEvent
+from bridge.core.records import Op
+from bridge.core.topics import TopicKind
 from bridge.errors import ConfigError, SinkError
-from bridge.events import DownstreamEvent
-from bridge.records import Op
 from bridge.sinks.mapping import (
     IdentitySettings,
     MappingSettings,
@@ -32,7 +33,6 @@ from bridge.sinks.quick_audience_openapi import (
     string_to_sign,
     timestamp,
 )
-from bridge.topics import TopicKind
 
 # The worked example of Alibaba Cloud's RPC signature documentation (a GET of ECS).
 ECS_EXAMPLE = {

@@ -19,8 +19,8 @@ from factories import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.pipeline import Disposition, Outcome
-from bridge.validate import Rules
+from bridge.core.pipeline import Disposition, Outcome
+from bridge.core.validate import Rules
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TOPICS = st.sampled_from(

@@ -9,7 +9,7 @@ from factories import ABSENT, customer, delete_record
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.records import ADD_EDIT_FIELDS, DELETE_FIELDS, Op, Problem, check_record
+from bridge.core.records import ADD_EDIT_FIELDS, DELETE_FIELDS, Op, Problem, check_record
 
 # The SPEC 3 tables, written out again from the SPEC rather than imported from the code.
 ADD_EDIT_STRINGS: dict[str, tuple[int, bool]] = {  # field: (max length, required)

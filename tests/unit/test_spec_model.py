@@ -1,6 +1,6 @@
 """SPEC 3's field tables, re-stated here from the SPEC alone, against the whole pipeline.
 
-Nothing of `bridge.records` or `bridge.fastcheck` is imported: the model below is written
+Nothing of `bridge.core.records` or `bridge.core.fastcheck` is imported: the model below is written
 from SPEC sections 2 and 3, and hypothesis generates for every field values at its limit,
 one over, of the wrong type, `null`, whitespace only, big integers, whole-number floats and
 repeated keys. The forwarded record and the alarm must be what the model says.
@@ -20,7 +20,7 @@ from factories import CUSTOM_TOPIC, EVENT_TS, PROFILE, REPORT_TS, STANDARD_TOPIC
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.validate import Mode, Rules
+from bridge.core.validate import Mode, Rules
 
 # --- the model: SPEC 3, in its own words ----------------------------------------------------
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from bridge.topics import (
+from bridge.core.topics import (
     InboundTopic,
     Selection,
     TopicKind,

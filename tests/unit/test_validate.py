@@ -21,8 +21,8 @@ from factories import (
     op_body,
 )
 
-from bridge.records import Op
-from bridge.validate import FieldError, Mode, OpResult, Rules, Validation, decode, validate
+from bridge.core.records import Op
+from bridge.core.validate import FieldError, Mode, OpResult, Rules, Validation, decode, validate
 
 MODES = pytest.mark.parametrize("rules", [LENIENT, STRICT], ids=["lenient", "strict"])
 SHANGHAI_OFFSET_S = 8 * 3600

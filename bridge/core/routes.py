@@ -6,8 +6,8 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from bridge.records import Op
-from bridge.topics import TopicKind
+from bridge.core.records import Op
+from bridge.core.topics import TopicKind
 
 
 class Routable(Protocol):

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.records import Op
-from bridge.topics import InboundTopic, TopicKind
+from bridge.core.records import Op
+from bridge.core.topics import InboundTopic, TopicKind
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Required
 from pydantic import ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 from typing_extensions import TypedDict  # pydantic wants this one before Python 3.12
 
-from bridge.records import ADD_EDIT_FIELDS, FIELDS, INT64_MAX, INT64_MIN, Op, Type
+from bridge.core.records import ADD_EDIT_FIELDS, FIELDS, INT64_MAX, INT64_MIN, Op, Type
 
 _Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 _Id = Annotated[str, StringConstraints(min_length=1, max_length=36)]

@@ -13,8 +13,8 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from bridge import fastcheck
-from bridge.records import (
+from bridge.core import fastcheck
+from bridge.core.records import (
     FIELDS,
     REPEATED_KEY,
     InvalidValue,

@@ -13,9 +13,9 @@ import hashlib
 import json
 from typing import NamedTuple
 
-from bridge.encoding import alarm_body, encode_event, ordering_key
-from bridge.events import DownstreamEvent
-from bridge.pipeline import REFUSED_TOPIC_REASON, Disposition, Outcome
+from bridge.core.encoding import alarm_body, encode_event, ordering_key
+from bridge.core.events import DownstreamEvent
+from bridge.core.pipeline import REFUSED_TOPIC_REASON, Disposition, Outcome
 
 FAILED_REASON = "the bridge failed on this message (a bug); see the pipeline_failed log line"
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import msgspec
 
-from bridge.alarms import Alarm
-from bridge.events import DownstreamEvent
+from bridge.core.alarms import Alarm
+from bridge.core.events import DownstreamEvent
 
 _ENCODER = msgspec.json.Encoder()
 

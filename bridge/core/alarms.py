@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.validate import PROFILE, FieldError
+from bridge.core.validate import PROFILE, FieldError
 
 UNKNOWN = "unknown"
 MESSAGE_STATUS = "CUSTOMER_MESSAGE_ERROR"

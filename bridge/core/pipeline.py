@@ -8,11 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from bridge import alarms
-from bridge.alarms import Alarm
-from bridge.events import DownstreamEvent
-from bridge.topics import InboundTopic, ParsedTopic, Selection, TopicRole, parse
-from bridge.validate import FieldError, Rules, validate
+from bridge.core import alarms
+from bridge.core.alarms import Alarm
+from bridge.core.events import DownstreamEvent
+from bridge.core.topics import InboundTopic, ParsedTopic, Selection, TopicRole, parse
+from bridge.core.validate import FieldError, Rules, validate
 
 TOPIC_CACHE_SIZE = 4096
 

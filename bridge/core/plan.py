@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 
-from bridge.digest import Digest, Forward
-from bridge.outbox import NewRow, alarm_outbox_row
-from bridge.routes import Route
+from bridge.core.digest import Digest, Forward
+from bridge.core.outbox import NewRow, alarm_outbox_row
+from bridge.core.routes import Route
 
 
 @dataclass(frozen=True, slots=True)
