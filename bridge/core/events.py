@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.core.records import Op
-from bridge.core.topics import InboundTopic, TopicKind
+from bridge.core.topics import InboundTopic, TopicKind, topic_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +68,7 @@ class DownstreamEvent:
     @property
     def error_topic(self) -> str:
         """The error topic of the topic this event came on."""
-        project = f"{self.tenant}/proj_{self.project_id}"
-        if self.kind is TopicKind.STANDARD:
-            return f"{project}/v1-business-model-error-customer"
-        return f"{project}/{self.version}-customization-{self.vendor}-error-customer"
+        return topic_of(self.tenant, self.project_id, self.version, self.vendor, error=True)
 
     @property
     def customer_id(self) -> str:

@@ -78,6 +78,18 @@ def is_valid_vendor(vendor: str) -> bool:
     return is_safe_segment(vendor) and not f"-{vendor}".endswith("-error")
 
 
+def topic_of(
+    tenant: str, project_id: str, version: str | None, vendor: str | None, *, error: bool = False
+) -> str:
+    """The topic of these parts: standard when `vendor` is None, customization otherwise;
+    its error topic with `error`. The one place a topic is spelled out."""
+    suffix = "error-customer" if error else "customer"
+    project = f"{tenant}/{_PROJECT_PREFIX}{project_id}"
+    if vendor is None:
+        return f"{project}/v1-business-model-{suffix}"
+    return f"{project}/{version}-customization-{vendor}-{suffix}"
+
+
 @dataclass(frozen=True, slots=True)
 class InboundTopic:
     """A parsed inbound customer topic; only ever built from a topic that passed `parse`."""
@@ -97,7 +109,7 @@ class InboundTopic:
     @property
     def error_topic(self) -> str:
         """The topic this message's alarms go to: `error-` inserted before the final `customer`."""
-        return self.topic[: -len("customer")] + "error-customer"
+        return topic_of(self.tenant, self.project_id, self.version, self.vendor, error=True)
 
 
 @dataclass(frozen=True, slots=True)

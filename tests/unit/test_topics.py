@@ -8,6 +8,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from bridge.core.events import DownstreamEvent
+from bridge.core.records import Op
 from bridge.core.topics import (
     InboundTopic,
     Selection,
@@ -16,6 +18,7 @@ from bridge.core.topics import (
     error_topic,
     escape,
     parse,
+    topic_of,
 )
 
 STANDARD_LEAF = "v1-business-model-customer"
@@ -292,6 +295,29 @@ def test_error_topic_copies_segments_byte_for_byte(
     want = f"{tenant}/proj_{project}/{version}-customization-{vendor}-error-customer"
     assert derived.encode("utf-8") == want.encode("utf-8")
     assert parse(derived).role is TopicRole.ERROR
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    tenant=_SEGMENT,
+    project=_SEGMENT,
+    version=st.from_regex(r"v[0-9]{1,4}", fullmatch=True),
+    vendor=st.none() | _SEGMENT,
+)
+def test_a_topic_its_parts_and_its_events_name_one_error_topic(
+    tenant: str, project: str, version: str, vendor: str | None
+) -> None:
+    """The parts spell the topic back; the topic and its events agree on the error topic."""
+    assume(vendor is None or (vendor != "error" and not vendor.endswith("-error")))
+    topic = topic_of(tenant, project, None if vendor is None else version, vendor)
+    parsed = parse(topic)
+    assert parsed.role is TopicRole.INBOUND and parsed.inbound is not None
+    inbound = parsed.inbound
+    assert topic_of(inbound.tenant, inbound.project_id, inbound.version, inbound.vendor) == topic
+    event = DownstreamEvent.from_topic(inbound, Op.ADD, "m", None, None, {"id": "c"})
+    assert event.error_topic == inbound.error_topic == error_topic(topic)
+    assert DownstreamEvent.from_dict(event.to_dict()).error_topic == inbound.error_topic
+    assert parse(inbound.error_topic).role is TopicRole.ERROR
 
 
 def test_error_topic_does_not_normalise_unicode() -> None:
