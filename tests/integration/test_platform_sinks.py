@@ -1,4 +1,4 @@
-"""The platform sinks against the stand-ins of `bridge.standins`, on loopback.
+"""The platform sinks against the stand-ins of `bridge.testing`, on loopback.
 
 Each stand-in refuses what its platform's document says the platform refuses (a wrong
 signature or Authorization, a missing header, more than 100 models, a malformed list
@@ -43,7 +43,7 @@ from bridge.sinks.quick_audience_openapi import (
     QuickAudienceOpenApiSink,
 )
 from bridge.spool import Spool
-from bridge.standins import (
+from bridge.testing import (
     QUICK_AUDIENCE_PATH,
     MobileEventsStandIn,
     QuickAudienceOpenApiStandIn,
