@@ -15,7 +15,6 @@ import os
 import random
 import resource
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -25,15 +24,16 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
-from brokers import LOOPBACK, Mosquitto, MqttProbe, free_port
+from brokers import Mosquitto, MqttProbe
 from paho.mqtt.enums import CallbackAPIVersion
+
+from bridge.testing import Recorder, Request
 
 TENANT = "acme"
 PROJECT = "42"
@@ -499,110 +499,27 @@ def count_lines(path: Path) -> int:
 # --- the webhook receiver -----------------------------------------------------------------------
 
 
-class HookServer:
-    """An HTTP receiver on a fixed loopback port that can be down, fail, or take batches.
+class HookServer(Recorder):
+    """The webhook receiver on a loopback port that can be down, fail, or take batches.
 
-    `stop()` closes the listening socket and every open keep-alive connection, so the bridge
-    sees a receiver that is gone; `start()` listens on the same port again. Only requests
-    answered 200 count: their events are kept in arrival order.
+    `stop()` cuts every open keep-alive connection, so the bridge sees a receiver that is
+    gone; `start()` listens on the same port again. Only requests answered 200 count: their
+    events are kept in arrival order.
     """
 
     def __init__(self, port: int | None = None) -> None:
-        self.port = port if port is not None else free_port()
-        self.status = 200
-        self.accepted: list[dict[str, Any]] = []
-        self.answered: Counter[int] = Counter()
-        self.refuse: Callable[[dict[str, Any]], bool] | None = None
+        super().__init__(port=port or 0, path="/hooks/customers")
+        self.refuse_event: Callable[[dict[str, Any]], bool] | None = None
         """While set, a request carrying an event it is true for is answered 400, whole."""
-        self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self._connections: set[socket.socket] = set()
-
-    @property
-    def url(self) -> str:
-        """Where the bridge sends."""
-        return f"http://{LOOPBACK}:{self.port}/hooks/customers"
-
-    def start(self, status: int = 200) -> None:
-        """Listen on the port and answer `status` to every request."""
-        self.status = status
-        server = _HookHTTPServer((LOOPBACK, self.port), _HookHandler)
-        server.hook = self
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop listening and cut every open connection."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        with self._lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
+        self.refuse = self._carries_refused_event
 
     def received(self) -> list[dict[str, Any]]:
-        """A copy of the accepted events, in arrival order."""
-        with self._lock:
-            return list(self.accepted)
+        """The accepted events, in arrival order."""
+        return [event for r in self.recorded() if r.status == 200 for event in r.json()["events"]]
 
-    def _take(self, body: bytes) -> int:
-        with self._lock:
-            status = self.status
-            events = json.loads(body)["events"]
-            refuse = self.refuse
-            if status == 200 and refuse is not None and any(refuse(e) for e in events):
-                status = 400
-            if status == 200:
-                self.accepted.extend(events)
-            self.answered[status] += 1
-            return status
-
-
-class _HookHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    hook: HookServer
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A connection cut by stop() is expected; stay quiet."""
-
-
-class _HookHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as the bridge's httpx client expects
-    server: _HookHTTPServer
-
-    def setup(self) -> None:
-        super().setup()
-        with self.server.hook._lock:
-            self.server.hook._connections.add(self.connection)
-
-    def finish(self) -> None:
-        with self.server.hook._lock:
-            self.server.hook._connections.discard(self.connection)
-        with contextlib.suppress(OSError):
-            super().finish()
-
-    def do_POST(self) -> None:
-        """Take (200) or refuse (anything else) the batch."""
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        status = self.server.hook._take(body)
-        answer = json.dumps({"status": status}).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Keep the test output clean."""
+    def _carries_refused_event(self, request: Request) -> bool:
+        refuse = self.refuse_event
+        return refuse is not None and any(refuse(event) for event in request.json()["events"])
 
 
 # --- counting -----------------------------------------------------------------------------------

@@ -165,7 +165,7 @@ def test_one_refused_customer_costs_no_other_customer_anything(
         # The backlog: everything taken into the spool while the receiver is down.
         publisher.wait()
         wait_until(lambda: bridge.count("message") >= MESSAGES, DRAIN, "every message", bridge)
-        hook.refuse = lambda event: event["customer"]["id"] == BAD
+        hook.refuse_event = lambda event: event["customer"]["id"] == BAD
         hook.start(200)
         good = {m.msg_id for m in valid if m.customer_id != BAD}
         wait_until(
@@ -200,7 +200,7 @@ def test_one_refused_customer_costs_no_other_customer_anything(
         refused_requests = hook.answered[400]
 
         # The receiver is fixed; the operator replays beside the running daemon.
-        hook.refuse = None
+        hook.refuse_event = None
         replayed = cli(bridge.config_path, "replay", "--all")
         assert replayed.returncode == 0, replayed.stderr
         wait_until(
@@ -254,7 +254,7 @@ def test_replay_reports_and_skips_a_dead_letter_a_later_event_overtook(
     spool = tmp_path / "state" / "spool.db"
     sink = {"type": "webhook", "name": "crm", "url": hook.url, "timeout": 2.0, "batch_size": 20}
     cfg = bridge_config(mosquitto, [sink], spool, client_id="fault-superseded")
-    hook.refuse = lambda event: event["msgId"] == refused.msg_id
+    hook.refuse_event = lambda event: event["msgId"] == refused.msg_id
     hook.start(200)
     bridge = bridges(cfg, "superseded-").start().wait_ready()
     publisher = Publisher(mosquitto, messages).start()
@@ -268,7 +268,7 @@ def test_replay_reports_and_skips_a_dead_letter_a_later_event_overtook(
             bridge,
         )
         wait_until(lambda: dead_customers(spool), WAIT, "the dead letter", bridge)
-        hook.refuse = None
+        hook.refuse_event = None
         listed = [json.loads(line) for line in cli(bridge.config_path, "list").stdout.splitlines()]
         replayed = cli(bridge.config_path, "replay", "--all", "--skip-superseded")
         assert replayed.returncode == 0, replayed.stderr
