@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -22,6 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bridge.testing import mosquitto as testing_mosquitto
+from bridge.testing import process as testing_process
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 BENCH = ROOT / "bench"
@@ -168,14 +168,7 @@ def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = 30.0) -> i
     """SIGTERM and wait; SIGKILL after `timeout`. Returns the exit status."""
     if proc is None:
         return None
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    testing_process.stop_process(proc, timeout)
     return proc.returncode
 
 

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
+from bridge.testing.process import stop_process
 from bridge.testing.recorder import LOOPBACK
 
 # sbin is often missing from PATH, and that is where Debian and Ubuntu install the broker.
@@ -135,18 +134,8 @@ class Mosquitto:
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM and wait: mosquitto saves its persistence file on the way out."""
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                raise RuntimeError(
-                    f"mosquitto did not stop on SIGTERM in {timeout}s; killed it"
-                ) from None
+        if proc is not None and proc.poll() is None and stop_process(proc, timeout) is None:
+            raise RuntimeError(f"mosquitto did not stop on SIGTERM in {timeout}s; killed it")
 
     def kill(self) -> None:
         """SIGKILL and wait: nothing is saved since the last autosave."""
@@ -178,12 +167,7 @@ class Mosquitto:
         self.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self.stop()
 
     def __repr__(self) -> str:

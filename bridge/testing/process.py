@@ -7,6 +7,7 @@ the bridge does not reach its log) and keeps the parsed log events, which a test
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -234,6 +235,20 @@ def wait_until(
             tail = f"\n{bridge.log()}" if bridge is not None else ""
             raise AssertionError(f"timed out after {timeout}s waiting for {_say(what)}{tail}")
         time.sleep(interval)
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = WAIT) -> int | None:
+    """SIGTERM and wait for the exit status; None if it took SIGKILL after `timeout`."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return None
+    return proc.returncode
 
 
 def _matches(event: Event, name: str | None, fields: Mapping[str, Any]) -> bool:

@@ -17,7 +17,6 @@ import sqlite3
 import subprocess
 import sys
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ import pytest
 from brokers import Mosquitto
 from faultkit import (
     DRAIN,
-    FAILED,
     WAIT,
     AlarmProbe,
     Bridges,
@@ -33,7 +31,6 @@ from faultkit import (
     Message,
     Publisher,
     bridge_config,
-    fault_mosquitto,
     outbox_rows,
     tally,
     traffic,
@@ -46,41 +43,6 @@ CUSTOMERS = 40
 BAD = "cust-007"
 SINK_BATCH = 100
 GAVE_UP = "502"
-
-
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    """A mosquitto that persists and never drops a queued message."""
-    server = fault_mosquitto(tmp_path / "mosquitto")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def bridges(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Bridges]:
-    """Bridge processes; the survivors are killed at the end, the logs printed on failure."""
-    made = Bridges(tmp_path)
-    yield made
-    made.close(show_logs=request.node.stash.get(FAILED, True))
-
-
-@pytest.fixture
-def alarms(mosquitto: Mosquitto) -> Iterator[AlarmProbe]:
-    """A probe on the error topic with a persistent session, connected before any bridge."""
-    probe = AlarmProbe(mosquitto).open()
-    yield probe
-    probe.close()
-
-
-@pytest.fixture
-def hook() -> Iterator[HookServer]:
-    """A webhook receiver, not listening until the test starts it."""
-    server = HookServer()
-    yield server
-    server.stop()
 
 
 def code_of(alarm: dict[str, Any]) -> str:

@@ -110,12 +110,8 @@ def assert_clean(*texts: str) -> None:
             assert hidden not in text, (hidden, text)
 
 
-@pytest.fixture(autouse=True)
-def _no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Loopback requests must not be sent to a proxy from the environment."""
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("all_proxy", raising=False)
+# Loopback requests must not be sent to a proxy from the environment.
+pytestmark = pytest.mark.usefixtures("no_proxies")
 
 
 @pytest.fixture

@@ -15,23 +15,16 @@ import httpx
 import pytest
 import structlog
 from test_bridge_run import STANDARD_TOPIC, config, customer, envelope, publish
+from test_webhook import event
 
 from bridge.broker import EmbeddedBroker
 from bridge.config import parse
-from bridge.core.events import DownstreamEvent
-from bridge.core.records import Op
-from bridge.core.topics import TopicKind
 from bridge.errors import BrokerError, SinkError
 from bridge.sinks import SinkContext, build_sinks
 from bridge.testing import BridgeProcess, Recorder, free_port, wait_until
 
-
-@pytest.fixture(autouse=True)
-def _no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Loopback requests must not be sent to a proxy from the environment."""
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("all_proxy", raising=False)
+# Loopback requests must not be sent to a proxy from the environment.
+pytestmark = pytest.mark.usefixtures("no_proxies")
 
 
 @pytest.fixture
@@ -43,22 +36,6 @@ def crm() -> Iterator[Recorder]:
 
 def _no_publish(_topic: str, _payload: bytes, _qos: int, _retain: bool) -> None:
     raise BrokerError("the handler does not publish")
-
-
-def event(customer_id: str) -> DownstreamEvent:
-    """A downstream event of a standard topic."""
-    return DownstreamEvent(
-        op=Op.ADD,
-        kind=TopicKind.STANDARD,
-        tenant="acme",
-        project_id="42",
-        version=None,
-        vendor=None,
-        msg_id=f"msg-{customer_id}",
-        report_ts=1_700_000_000_000,
-        event_ts=1_700_000_000_000,
-        customer={"id": customer_id},
-    )
 
 
 def test_queued_statuses_come_first_then_the_default(crm: Recorder) -> None:
