@@ -140,7 +140,7 @@ def test_a_handler_is_tested_in_process_against_a_recorder(crm: Recorder) -> Non
     finally:
         sink.close()
     assert (transient.value.permanent, permanent.value.permanent) == (False, True)
-    assert crm.requests[-1].json() == {"customers": [{"id": "c-1"}, {"id": "c-2"}]}
+    assert [customer["id"] for customer in crm.requests[-1].json()["customers"]] == ["c-1", "c-2"]
 
 
 def test_a_handler_is_tested_through_a_real_bridge(crm: Recorder, tmp_path: Path) -> None:
