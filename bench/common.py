@@ -1,15 +1,13 @@
 """Shared pieces of the benchmark: mosquitto on loopback, ports, processes, RSS, paho helpers.
 
-Nothing here imports pytest or the bridge: the harness drives the bridge as a real process.
+Nothing here imports pytest; of the bridge only its shipped test doubles (`bridge.testing`):
+the harness drives the bridge as a real process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import threading
 import time
@@ -22,42 +20,19 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-LOOPBACK = "127.0.0.1"
+from bridge.testing import mosquitto as testing_mosquitto
+from bridge.testing import process as testing_process
+
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 BENCH = ROOT / "bench"
-_MOSQUITTO_PLACES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(host: str, port: int, timeout: float) -> bool:
-    """Whether host:port accepted a connection within `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=0.25):
-                return True
-        except OSError:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.02)
 
 
 def mosquitto_binary() -> str:
     """The mosquitto executable, or a clear error."""
-    override = os.environ.get("MOSQUITTO")
-    candidates = [override] if override else [shutil.which("mosquitto"), *_MOSQUITTO_PLACES]
-    for candidate in candidates:
-        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    raise SystemExit(
-        "mosquitto is not installed (apt-get install mosquitto, or set MOSQUITTO=/path)"
-    )
+    try:
+        return testing_mosquitto.mosquitto_binary()
+    except testing_mosquitto.MosquittoMissing as missing:
+        raise SystemExit(f"{missing}: apt-get install mosquitto, or set MOSQUITTO=/path") from None
 
 
 def mosquitto_version() -> str:
@@ -72,69 +47,22 @@ def mosquitto_version() -> str:
     return first[0].strip() if first else "?"
 
 
-class Mosquitto:
+class Mosquitto(testing_mosquitto.Mosquitto):
     """mosquitto on a free loopback port that never drops a queued QoS 1 message."""
 
     def __init__(self, workdir: Path, extra: Sequence[str] = ()) -> None:
-        self.host = LOOPBACK
-        self.port = free_port()
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path = workdir / "mosquitto.conf"
-        self.log_path = workdir / "mosquitto.log"
-        lines = [
-            f"listener {self.port} {self.host}",
-            "allow_anonymous true",
-            # The queue of an offline (or slow) persistent session is unbounded: the default of
-            # 1000 would drop most of a 100,000-message backlog.
-            "max_queued_messages 0",
-            "max_queued_bytes 0",
-            "persistence false",  # the backlog lives in memory; no autosave in the measurement
-            "set_tcp_nodelay true",
-            f"log_dest file {self.log_path}",
-            "log_type error",
-            "log_type warning",
-        ]
-        if os.geteuid() == 0:
-            lines.append("user root")
-        lines += list(extra)
-        self.config_path.write_text("\n".join(lines) + "\n")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Mosquitto:
-        """Start and wait until the port answers."""
-        self.proc = subprocess.Popen(
-            [mosquitto_binary(), "-c", str(self.config_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        mosquitto_binary()
+        # The queue of an offline (or slow) persistent session is unbounded: the default of
+        # 1000 would drop most of a 100,000-message backlog. The backlog lives in memory: no
+        # autosave in the measurement. `information` carries the line that says it is running.
+        quiet = ["max_queued_bytes 0", "log_type error", "log_type warning", "log_type information"]
+        super().__init__(
+            workdir, persistence=False, max_queued_messages=0, extra_config=[*quiet, *extra]
         )
-        if not wait_for_port(self.host, self.port, 10):
-            self.stop()
-            raise RuntimeError(f"mosquitto did not listen on {self.port}")
-        return self
 
     def rss_mb(self) -> float | None:
         """The broker's resident memory."""
         return rss_mb(self.proc.pid) if self.proc else None
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it lingers."""
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def __enter__(self) -> Mosquitto:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
 
 
 def process_tree(pid: int) -> list[int]:
@@ -240,14 +168,7 @@ def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = 30.0) -> i
     """SIGTERM and wait; SIGKILL after `timeout`. Returns the exit status."""
     if proc is None:
         return None
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    testing_process.stop_process(proc, timeout)
     return proc.returncode
 
 

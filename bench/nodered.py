@@ -14,7 +14,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from common import BENCH, LOOPBACK, free_port
+from common import BENCH
+
+from bridge.testing import free_port
+from bridge.testing.recorder import LOOPBACK
 
 NODE_RED_VERSION = "4.1.15"
 PREFIX = BENCH / ".node-red"

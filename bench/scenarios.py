@@ -38,6 +38,8 @@ from hook import HookServer
 from spy import Profiler
 from traffic import Envelope
 
+from bridge import testing
+
 BRIDGE_ROOT = ROOT  # where `bridge` is imported from (--bridge-root / --bridge-ref change it)
 OVERRIDES: dict[str, Any] = {}  # dotted config keys set on every bridge (--bridge-set)
 BRIDGE_FILTER = "+/+/+"  # what the bridge subscribes with the default subscription
@@ -115,45 +117,17 @@ def bridge_location() -> str:
     return out.stdout.strip() or out.stderr.strip()[-300:]
 
 
-class BridgeProcess:
-    """`python -m bridge run -c CONFIG` with the repository on PYTHONPATH."""
+class BridgeProcess(testing.BridgeProcess):
+    """`python -m bridge run -c CONFIG` with BRIDGE_ROOT first on PYTHONPATH."""
 
-    def __init__(self, workdir: Path, name: str, config: dict[str, Any]) -> None:
-        self.workdir = workdir
-        self.name = name
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path = workdir / f"{name}.yaml"
-        # JSON is YAML: no PyYAML needed here.
-        self.config_path.write_text(json.dumps(config, ensure_ascii=False, indent=1))
-        self.log_path = workdir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.started_ns = 0
-
-    def start(self, wrapper: Sequence[str] = ()) -> BridgeProcess:
+    def start(self, wrapper: Sequence[str] = ()) -> BridgeProcess:  # type: ignore[override]
         """Start the process (under `wrapper`, e.g. a profiler, when given)."""
-        env = bridge_env()
-        command = [sys.executable, "-m", "bridge", "run", "-c", str(self.config_path)]
-        self.started_ns = time.monotonic_ns()
-        with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [*wrapper, *command],
-                cwd=self.workdir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        return self
-
-    @property
-    def pid(self) -> int:
-        """The process id."""
-        assert self.proc is not None
-        return self.proc.pid
+        self.env = bridge_env()
+        return super().start(wrapper=wrapper)
 
     def alive(self) -> bool:
         """Whether it still runs."""
-        return self.proc is not None and self.proc.poll() is None
+        return self.running
 
     def rss(self) -> float | None:
         """Resident memory, MiB."""
@@ -167,14 +141,15 @@ class BridgeProcess:
         """SIGTERM: the bridge drains, stores and acks what it took, and exits 0."""
         return stop_process(self.proc, 60)
 
+    def output(self) -> str:
+        """Its stdout and stderr so far."""
+        paths = (self.stdout_path, self.stderr_path)
+        return "".join(path.read_text(errors="replace") for path in paths if path.exists())
+
     def log_events(self) -> dict[str, int]:
         """How many warning / error lines of each event the bridge logged."""
         found: Tally[str] = Tally()
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return {}
-        for line in text.splitlines():
+        for line in self.output().splitlines():
             try:
                 event = json.loads(line)
             except ValueError:
@@ -186,10 +161,7 @@ class BridgeProcess:
 
     def log_tail(self, size: int = 3000) -> str:
         """The end of its output."""
-        try:
-            return self.log_path.read_text(errors="replace")[-size:]
-        except OSError:
-            return ""
+        return self.output()[-size:]
 
 
 # --- results ------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from bridge.intake.client import ConnectSettings, IntakeClient
 from bridge.intake.message import InboundMessage
 from bridge.mqtt import Publisher
 from bridge.runtime import Bridge
-from bridge.standins import (
+from bridge.testing import (
     MobileEventsStandIn,
     QuickAudienceOpenApiStandIn,
     QuickAudienceStandIn,

@@ -17,12 +17,16 @@ _BROKER_FIXTURES = {"amqtt": "embedded_broker", "mosquitto": "mosquitto"}
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     """A mosquitto with persistence in tmp_path; restart() keeps port and sessions."""
-    server = Mosquitto(tmp_path / "mosquitto", persistence=True)
-    server.start()
-    try:
+    with Mosquitto(tmp_path / "mosquitto", persistence=True) as server:
         yield server
-    finally:
-        server.stop()
+
+
+@pytest.fixture
+def no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No proxy from the environment: loopback requests go straight to the test's server."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("all_proxy", raising=False)
 
 
 @pytest.fixture

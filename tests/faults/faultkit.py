@@ -11,29 +11,24 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
-import resource
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-import yaml
-from brokers import LOOPBACK, Mosquitto, MqttProbe, free_port
+from brokers import Mosquitto, MqttProbe
 from paho.mqtt.enums import CallbackAPIVersion
+
+from bridge.testing import Recorder, Request
+from bridge.testing.process import BridgeProcess, wait_until  # noqa: F401 - the scenarios wait with it
 
 TENANT = "acme"
 PROJECT = "42"
@@ -266,148 +261,18 @@ def bridge_config(
     }
 
 
-class Bridge:
-    """One `python -m bridge run` subprocess. Its stdout (the JSON log) and stderr come through
-    pipes (so that a file-size limit on the bridge does not reach its log) and are copied to
-    files in `workdir` by reader threads; parsed log events are kept in memory."""
+class Bridge(BridgeProcess):
+    """One `python -m bridge run` subprocess as the fault scenarios drive it."""
 
-    def __init__(self, workdir: Path, name: str, config: dict[str, Any]) -> None:
-        self.name = name
-        self.workdir = workdir
-        self.config_path = workdir / f"{name}.yaml"
-        self.config_path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
-        self.stdout_path = workdir / f"{name}.stdout"
-        self.stderr_path = workdir / f"{name}.stderr"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._events: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._readers: list[threading.Thread] = []
-
-    def start(self, file_size_limit: int | None = None) -> Bridge:
-        """Start the bridge; with `file_size_limit` no file it writes may grow past that many
-        bytes (RLIMIT_FSIZE, set on the running child: the hard limit stays, so `lift_limit`
-        can take it away). Python ignores SIGXFSZ, so a write past it fails with EFBIG."""
-        env = dict(os.environ)
-        env["PYTHONUNBUFFERED"] = "1"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "run", "-c", str(self.config_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=self.workdir,
-            env=env,
-        )
-        if file_size_limit is not None:
-            # Popen returns once the child has exec'd: the bridge has not opened its spool yet
-            # (and writes nothing to it before a message comes, which the test sends later).
-            limit = (file_size_limit, resource.RLIM_INFINITY)
-            resource.prlimit(self.proc.pid, resource.RLIMIT_FSIZE, limit)
-        assert self.proc.stdout is not None
-        assert self.proc.stderr is not None
-        self._readers = [
-            threading.Thread(target=self._copy, args=(self.proc.stdout, self.stdout_path, True)),
-            threading.Thread(target=self._copy, args=(self.proc.stderr, self.stderr_path, False)),
-        ]
-        for reader in self._readers:
-            reader.daemon = True
-            reader.start()
-        return self
-
-    def _copy(self, stream: Any, path: Path, parse: bool) -> None:
-        with stream, path.open("ab") as out:
-            for line in iter(stream.readline, b""):
-                out.write(line)
-                out.flush()
-                if not parse:
-                    continue
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(event, dict):
-                    with self._lock:
-                        self._events.append(event)
-
-    @property
-    def running(self) -> bool:
-        """Whether the process is alive."""
-        return self.proc is not None and self.proc.poll() is None
-
-    def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        """The log events so far (those named `name`, if given)."""
-        with self._lock:
-            return [e for e in self._events if name is None or e.get("event") == name]
-
-    def count(self, name: str) -> int:
-        """How many events named `name` were logged."""
-        with self._lock:
-            return sum(1 for e in self._events if e.get("event") == name)
-
-    def log(self) -> str:
-        """stdout and stderr so far, for failure messages."""
-        parts = []
-        for path in (self.stdout_path, self.stderr_path):
-            text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
-            parts.append(f"--- {path.name} ---\n{text[-6000:]}")
-        return "\n".join(parts)
-
-    def stderr(self) -> str:
-        """What the bridge wrote on stderr (complete once it exited)."""
-        self._join_readers()
-        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+    wait = WAIT
 
     def wait_event(self, name: str, count: int = 1, timeout: float = WAIT) -> dict[str, Any]:
         """Wait until `count` events named `name` were logged; return the last of them."""
-        wait_until(lambda: self.count(name) >= count, timeout, f"{count} x {name}", self)
-        return self.events(name)[count - 1]
+        return self.wait_for(name, count, timeout)[count - 1]
 
-    def wait_ready(self, timeout: float = WAIT) -> Bridge:
-        """Wait for the `subscribed` event."""
-        self.wait_event("subscribed", timeout=timeout)
-        return self
-
-    def lift_limit(self) -> None:
-        """Let the bridge's files grow again (the disk has room once more)."""
-        assert self.proc is not None
-        unlimited = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
-        resource.prlimit(self.proc.pid, resource.RLIMIT_FSIZE, unlimited)
-
-    def kill(self) -> int:
-        """SIGKILL and wait."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.kill()
-        code = self.proc.wait(WAIT)
-        self._join_readers()
-        return code
-
-    def terminate(self, timeout: float = 45.0) -> int:
+    def terminate(self, timeout: float | None = 45.0) -> int:
         """SIGTERM and wait for the exit status (SIGKILL and fail after `timeout`)."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(
-                f"{self.name} ignored SIGTERM for {timeout}s\n{self.log()}"
-            ) from None
-        self._join_readers()
-        return code
-
-    def wait_exit(self, timeout: float) -> int | None:
-        """The exit status, or None if the process still runs after `timeout` seconds."""
-        assert self.proc is not None
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-        self._join_readers()
-        return code
-
-    def _join_readers(self) -> None:
-        for reader in self._readers:
-            reader.join(5.0)
+        return super().terminate(timeout)
 
 
 class Bridges:
@@ -429,28 +294,6 @@ class Bridges:
                 bridge.kill()
             if show_logs and bridge.proc is not None:
                 print(bridge.log())
-
-
-def wait_until(
-    probe: Callable[[], Any], timeout: float, what: str | Callable[[], str], bridge: Bridge | None
-) -> Any:
-    """Poll `probe` until truthy; fail naming `what` after `timeout` or if `bridge` exits."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        described = what() if callable(what) else what
-        if bridge is not None and not bridge.running:
-            value = probe()
-            if value:
-                return value
-            code = bridge.proc.returncode if bridge.proc else None
-            raise AssertionError(f"bridge exited ({code}) waiting for {described}\n{bridge.log()}")
-        if time.monotonic() >= deadline:
-            tail = f"\n{bridge.log()}" if bridge is not None else ""
-            raise AssertionError(f"timed out after {timeout}s waiting for {described}{tail}")
-        time.sleep(0.05)
 
 
 def outbox_rows(spool: Path) -> int:
@@ -499,110 +342,35 @@ def count_lines(path: Path) -> int:
 # --- the webhook receiver -----------------------------------------------------------------------
 
 
-class HookServer:
-    """An HTTP receiver on a fixed loopback port that can be down, fail, or take batches.
+class HookServer(Recorder):
+    """The webhook receiver on a loopback port that can be down, fail, or take batches.
 
-    `stop()` closes the listening socket and every open keep-alive connection, so the bridge
-    sees a receiver that is gone; `start()` listens on the same port again. Only requests
-    answered 200 count: their events are kept in arrival order.
+    `stop()` cuts every open keep-alive connection, so the bridge sees a receiver that is
+    gone; `start()` listens on the same port again. Only requests answered 200 count: their
+    events are kept in arrival order.
     """
 
     def __init__(self, port: int | None = None) -> None:
-        self.port = port if port is not None else free_port()
-        self.status = 200
-        self.accepted: list[dict[str, Any]] = []
-        self.answered: Counter[int] = Counter()
-        self.refuse: Callable[[dict[str, Any]], bool] | None = None
+        super().__init__(port=port or 0, path="/hooks/customers")
+        self.refuse_event: Callable[[dict[str, Any]], bool] | None = None
         """While set, a request carrying an event it is true for is answered 400, whole."""
-        self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self._connections: set[socket.socket] = set()
-
-    @property
-    def url(self) -> str:
-        """Where the bridge sends."""
-        return f"http://{LOOPBACK}:{self.port}/hooks/customers"
-
-    def start(self, status: int = 200) -> None:
-        """Listen on the port and answer `status` to every request."""
-        self.status = status
-        server = _HookHTTPServer((LOOPBACK, self.port), _HookHandler)
-        server.hook = self
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop listening and cut every open connection."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        with self._lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
+        self.refuse = self._carries_refused_event
+        self._accepted: list[dict[str, Any]] = []
+        self._parsed = 0
 
     def received(self) -> list[dict[str, Any]]:
-        """A copy of the accepted events, in arrival order."""
-        with self._lock:
-            return list(self.accepted)
+        """The accepted events, in arrival order."""
+        # Scenarios poll this while thousands of events arrive: parse each request once.
+        requests = self.recorded()
+        for request in requests[self._parsed :]:
+            if request.status == 200:
+                self._accepted.extend(request.json()["events"])
+        self._parsed = len(requests)
+        return list(self._accepted)
 
-    def _take(self, body: bytes) -> int:
-        with self._lock:
-            status = self.status
-            events = json.loads(body)["events"]
-            refuse = self.refuse
-            if status == 200 and refuse is not None and any(refuse(e) for e in events):
-                status = 400
-            if status == 200:
-                self.accepted.extend(events)
-            self.answered[status] += 1
-            return status
-
-
-class _HookHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    hook: HookServer
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A connection cut by stop() is expected; stay quiet."""
-
-
-class _HookHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as the bridge's httpx client expects
-    server: _HookHTTPServer
-
-    def setup(self) -> None:
-        super().setup()
-        with self.server.hook._lock:
-            self.server.hook._connections.add(self.connection)
-
-    def finish(self) -> None:
-        with self.server.hook._lock:
-            self.server.hook._connections.discard(self.connection)
-        with contextlib.suppress(OSError):
-            super().finish()
-
-    def do_POST(self) -> None:
-        """Take (200) or refuse (anything else) the batch."""
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        status = self.server.hook._take(body)
-        answer = json.dumps({"status": status}).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Keep the test output clean."""
+    def _carries_refused_event(self, request: Request) -> bool:
+        refuse = self.refuse_event
+        return refuse is not None and any(refuse(event) for event in request.json()["events"])
 
 
 # --- counting -----------------------------------------------------------------------------------

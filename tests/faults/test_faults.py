@@ -19,7 +19,6 @@ import signal
 import socket
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ from brokers import Mosquitto
 from faultkit import (
     ALARM_BATCH,
     DRAIN,
-    FAILED,
     WAIT,
     AlarmProbe,
     Bridges,
@@ -38,7 +36,6 @@ from faultkit import (
     all_out,
     bridge_config,
     count_lines,
-    fault_mosquitto,
     outbox_rows,
     read_jsonl,
     report,
@@ -53,41 +50,6 @@ SINK_BATCH = 100  # the sinks' default batch_size
 # sink is caught up, the batch the intake wrote itself before its commit (spool.intake_batch,
 # 200 by default, messages of one record each here).
 IN_FLIGHT = max(SINK_BATCH, 200)
-
-
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    """Overrides the shared fixture: autosave every second, unlimited queues."""
-    server = fault_mosquitto(tmp_path / "mosquitto")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def bridges(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Bridges]:
-    """Bridge processes; the survivors are killed at the end, the logs printed on failure."""
-    made = Bridges(tmp_path)
-    yield made
-    made.close(show_logs=request.node.stash.get(FAILED, True))
-
-
-@pytest.fixture
-def alarms(mosquitto: Mosquitto) -> Iterator[AlarmProbe]:
-    """A probe on the error topic with a persistent session, connected before any bridge."""
-    probe = AlarmProbe(mosquitto).open()
-    yield probe
-    probe.close()
-
-
-@pytest.fixture
-def hook() -> Iterator[HookServer]:
-    """A webhook receiver, not listening until the test starts it."""
-    server = HookServer()
-    yield server
-    server.stop()
 
 
 def jsonl_sink(path: Path) -> dict[str, Any]:

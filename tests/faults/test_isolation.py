@@ -17,7 +17,6 @@ import sqlite3
 import subprocess
 import sys
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ import pytest
 from brokers import Mosquitto
 from faultkit import (
     DRAIN,
-    FAILED,
     WAIT,
     AlarmProbe,
     Bridges,
@@ -33,7 +31,6 @@ from faultkit import (
     Message,
     Publisher,
     bridge_config,
-    fault_mosquitto,
     outbox_rows,
     tally,
     traffic,
@@ -46,41 +43,6 @@ CUSTOMERS = 40
 BAD = "cust-007"
 SINK_BATCH = 100
 GAVE_UP = "502"
-
-
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    """A mosquitto that persists and never drops a queued message."""
-    server = fault_mosquitto(tmp_path / "mosquitto")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def bridges(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Bridges]:
-    """Bridge processes; the survivors are killed at the end, the logs printed on failure."""
-    made = Bridges(tmp_path)
-    yield made
-    made.close(show_logs=request.node.stash.get(FAILED, True))
-
-
-@pytest.fixture
-def alarms(mosquitto: Mosquitto) -> Iterator[AlarmProbe]:
-    """A probe on the error topic with a persistent session, connected before any bridge."""
-    probe = AlarmProbe(mosquitto).open()
-    yield probe
-    probe.close()
-
-
-@pytest.fixture
-def hook() -> Iterator[HookServer]:
-    """A webhook receiver, not listening until the test starts it."""
-    server = HookServer()
-    yield server
-    server.stop()
 
 
 def code_of(alarm: dict[str, Any]) -> str:
@@ -165,7 +127,7 @@ def test_one_refused_customer_costs_no_other_customer_anything(
         # The backlog: everything taken into the spool while the receiver is down.
         publisher.wait()
         wait_until(lambda: bridge.count("message") >= MESSAGES, DRAIN, "every message", bridge)
-        hook.refuse = lambda event: event["customer"]["id"] == BAD
+        hook.refuse_event = lambda event: event["customer"]["id"] == BAD
         hook.start(200)
         good = {m.msg_id for m in valid if m.customer_id != BAD}
         wait_until(
@@ -200,7 +162,7 @@ def test_one_refused_customer_costs_no_other_customer_anything(
         refused_requests = hook.answered[400]
 
         # The receiver is fixed; the operator replays beside the running daemon.
-        hook.refuse = None
+        hook.refuse_event = None
         replayed = cli(bridge.config_path, "replay", "--all")
         assert replayed.returncode == 0, replayed.stderr
         wait_until(
@@ -254,7 +216,7 @@ def test_replay_reports_and_skips_a_dead_letter_a_later_event_overtook(
     spool = tmp_path / "state" / "spool.db"
     sink = {"type": "webhook", "name": "crm", "url": hook.url, "timeout": 2.0, "batch_size": 20}
     cfg = bridge_config(mosquitto, [sink], spool, client_id="fault-superseded")
-    hook.refuse = lambda event: event["msgId"] == refused.msg_id
+    hook.refuse_event = lambda event: event["msgId"] == refused.msg_id
     hook.start(200)
     bridge = bridges(cfg, "superseded-").start().wait_ready()
     publisher = Publisher(mosquitto, messages).start()
@@ -268,7 +230,7 @@ def test_replay_reports_and_skips_a_dead_letter_a_later_event_overtook(
             bridge,
         )
         wait_until(lambda: dead_customers(spool), WAIT, "the dead letter", bridge)
-        hook.refuse = None
+        hook.refuse_event = None
         listed = [json.loads(line) for line in cli(bridge.config_path, "list").stdout.splitlines()]
         replayed = cli(bridge.config_path, "replay", "--all", "--skip-superseded")
         assert replayed.returncode == 0, replayed.stderr

@@ -10,21 +10,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from brokers import Mosquitto
 from faultkit import (
-    FAILED,
     PROFILE,
     REPORT_TS,
     Bridges,
     Message,
     Publisher,
     bridge_config,
-    fault_mosquitto,
     read_jsonl,
     wait_until,
 )
@@ -54,25 +50,6 @@ SECRETS = [
     "ouyang.nana@example.com.cn",
     "13800138000",  # the phone every record carries
 ]
-
-
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    """Overrides the shared fixture: autosave every second, unlimited queues."""
-    server = fault_mosquitto(tmp_path / "mosquitto")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def bridges(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Bridges]:
-    """Bridge processes; the survivors are killed at the end, the logs printed on failure."""
-    made = Bridges(tmp_path)
-    yield made
-    made.close(show_logs=request.node.stash.get(FAILED, True))
 
 
 def case_message(n: int, case: str, fields: dict[str, Any]) -> Message:

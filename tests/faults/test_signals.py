@@ -12,20 +12,16 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from brokers import Mosquitto
 from faultkit import (
     DRAIN,
-    FAILED,
     AlarmProbe,
     Bridges,
     Publisher,
     all_out,
     bridge_config,
-    fault_mosquitto,
     read_jsonl,
     report,
     tally,
@@ -35,33 +31,6 @@ from faultkit import (
 
 DELAYS = [0.0] * 6 + [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5]
 """Seconds between the spawn and the SIGTERM, spread over the time the bridge loads."""
-
-
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    """Overrides the shared fixture: autosave every second, unlimited queues."""
-    server = fault_mosquitto(tmp_path / "mosquitto")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def bridges(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Bridges]:
-    """Bridge processes; the survivors are killed at the end, the logs printed on failure."""
-    made = Bridges(tmp_path)
-    yield made
-    made.close(show_logs=request.node.stash.get(FAILED, True))
-
-
-@pytest.fixture
-def alarms(mosquitto: Mosquitto) -> Iterator[AlarmProbe]:
-    """A probe on the error topic with a persistent session, connected before any bridge."""
-    probe = AlarmProbe(mosquitto).open()
-    yield probe
-    probe.close()
 
 
 def spawn(config_path: Path, *, held: bool) -> subprocess.Popen[bytes]:

@@ -26,7 +26,6 @@ import pytest
 from brokers import Mosquitto
 from faultkit import (
     DRAIN,
-    FAILED,
     AlarmProbe,
     Bridge,
     Bridges,
@@ -35,7 +34,6 @@ from faultkit import (
     Publisher,
     all_out,
     bridge_config,
-    fault_mosquitto,
     outbox_rows,
     report,
     tally,
@@ -45,41 +43,6 @@ from faultkit import (
 
 SEED = int(os.environ.get("FAULT_SEED", random.randrange(1 << 30)))
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    """Overrides the shared fixture: autosave every second, unlimited queues."""
-    server = fault_mosquitto(tmp_path / "mosquitto")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def bridges(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Bridges]:
-    """Bridge processes; the survivors are killed at the end, the logs printed on failure."""
-    made = Bridges(tmp_path)
-    yield made
-    made.close(show_logs=request.node.stash.get(FAILED, True))
-
-
-@pytest.fixture
-def alarms(mosquitto: Mosquitto) -> Iterator[AlarmProbe]:
-    """A probe on the error topic with a persistent session, connected before any bridge."""
-    probe = AlarmProbe(mosquitto).open()
-    yield probe
-    probe.close()
-
-
-@pytest.fixture
-def hook() -> Iterator[HookServer]:
-    """A webhook receiver, not listening until the test starts it."""
-    server = HookServer()
-    yield server
-    server.stop()
 
 
 @contextlib.contextmanager

@@ -12,6 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from bridge.core.events import DownstreamEvent
 from bridge.errors import SinkError
 
 
@@ -84,3 +87,27 @@ class Flaky:
             raise ConnectionError("downstream unavailable")
         if self._healthy is not None and not self._healthy.exists():
             raise ConnectionError("downstream unavailable")
+
+
+class CrmHandler:
+    """The handler of docs/testing.md: posts each batch's customers to a CRM as JSON."""
+
+    def __init__(self, url: str, timeout: float = 5.0) -> None:
+        self._client = httpx.Client(timeout=timeout)
+        self._url = url
+
+    def send(self, events: Sequence[DownstreamEvent]) -> None:
+        """One POST a batch; 4xx is permanent, anything else that is not 2xx is retried."""
+        body = {"customers": [event.to_dict()["customer"] for event in events]}
+        try:
+            answer = self._client.post(self._url, json=body)
+        except httpx.TransportError as exc:
+            raise SinkError(f"crm unreachable: {type(exc).__name__}") from None
+        if 400 <= answer.status_code < 500:
+            raise SinkError(f"crm answered {answer.status_code}", permanent=True)
+        if not answer.is_success:
+            raise SinkError(f"crm answered {answer.status_code}")
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()

@@ -10,20 +10,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import paho.mqtt.client as mqtt
 import pytest
-import yaml
 from brokers import Mosquitto, MqttProbe
 
+from bridge import testing
 from bridge.broker import EmbeddedBroker
+from bridge.testing.process import wait_until
 
 HERE = Path(__file__).resolve().parent
 SAMPLES = HERE.parents[1] / "bridge" / "samples"
@@ -99,127 +98,31 @@ def envelope(
 # --- the bridge in a subprocess ---------------------------------------------------------------
 
 
-class BridgeProcess:
-    """One `bridge run` subprocess; its stdout (the JSON log) and stderr go to files."""
+class BridgeProcess(testing.BridgeProcess):
+    """A `bridge run` of these tests: a spool per client id, a free health port, and
+    tests/integration on PYTHONPATH so that `handlers:` sinks import."""
+
+    wait = WAIT
 
     def __init__(self, workdir: Path, name: str, config: dict[str, Any]) -> None:
-        self.name = name
         # One spool per client id: a restart with the same id finds what it left behind.
         client_id = config.get("broker", {}).get("client_id", "bridge")
         spool = workdir / f"state-{client_id}" / "spool.db"
         config = {**config, "spool": {"path": str(spool), **config.get("spool", {})}}
         # Several bridges may run at once: each health listener takes a free port.
         config["health"] = {"port": 0, **config.get("health", {})}
-        self.config_path = workdir / f"{name}.yaml"
-        self.stdout_path = workdir / f"{name}.stdout"
-        self.stderr_path = workdir / f"{name}.stderr"
-        self.config_path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(workdir, name, config)
 
-    def start(self, **env_vars: str) -> BridgeProcess:
-        """Start the bridge; tests/integration is on its path so `handlers:` sinks import."""
-        env = dict(os.environ)
-        env.update(env_vars)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), env.get("PYTHONPATH")) if p)
-        env["PYTHONUNBUFFERED"] = "1"
-        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bridge", "run", "-c", str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                cwd=self.config_path.parent,
-                env=env,
-            )
-        return self
-
-    @property
-    def running(self) -> bool:
-        """Whether the process is alive."""
-        return self.proc is not None and self.proc.poll() is None
-
-    def stdout(self) -> str:
-        """The JSON log so far."""
-        return self.stdout_path.read_text(encoding="utf-8", errors="replace")
-
-    def log(self) -> str:
-        """stdout and stderr, for failure messages."""
-        err = self.stderr_path.read_text(encoding="utf-8", errors="replace")
-        return f"--- {self.name} stdout ---\n{self.stdout()}--- {self.name} stderr ---\n{err}"
-
-    def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        """The log events so far (those named `name`, if given)."""
-        found = []
-        for line in self.stdout().splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict) and (name is None or event.get("event") == name):
-                found.append(event)
-        return found
+    def start(self, **env_vars: str) -> Self:  # type: ignore[override]
+        """Start the bridge with `env_vars` added to the environment."""
+        path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
+        return super().start(env={**env_vars, "PYTHONPATH": path})
 
     def wait_event(
         self, name: str, count: int = 1, timeout: float = WAIT, **fields: Any
     ) -> list[dict[str, Any]]:
         """Wait until `count` events named `name` (with `fields`) were logged; return them."""
-
-        def matching() -> list[dict[str, Any]]:
-            return [e for e in self.events(name) if all(e.get(k) == v for k, v in fields.items())]
-
-        return wait_until(
-            lambda: matching() if len(matching()) >= count else None,
-            timeout,
-            lambda: f"{count} x {name} {fields} in the log of {self.name}\n{self.log()}",
-            self,
-        )
-
-    def wait_ready(self, timeout: float = WAIT) -> BridgeProcess:
-        """Wait for the `subscribed` event."""
-        self.wait_event("subscribed", timeout=timeout)
-        return self
-
-    def terminate(self, timeout: float = WAIT) -> int:
-        """SIGTERM and wait for the exit status."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(
-                f"{self.name} did not exit within {timeout}s of SIGTERM\n{self.log()}"
-            ) from None
-
-    def kill(self) -> int:
-        """SIGKILL and wait."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.kill()
-        return self.proc.wait(WAIT)
-
-
-def wait_until(
-    probe: Callable[[], Any],
-    timeout: float,
-    what: Callable[[], str],
-    bridge: BridgeProcess | None = None,
-) -> Any:
-    """Poll `probe` until it returns something truthy; fail naming `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if bridge is not None and not bridge.running:
-            value = probe()
-            if value:
-                return value
-            code = bridge.proc.returncode if bridge.proc else None
-            raise AssertionError(f"bridge exited ({code}) while waiting for {what()}")
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what()}")
-        time.sleep(0.02)
+        return self.wait_for(name, count, timeout, **fields)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The platform sinks against the stand-ins of `bridge.standins`, on loopback.
+"""The platform sinks against the stand-ins of `bridge.testing`, on loopback.
 
 Each stand-in refuses what its platform's document says the platform refuses (a wrong
 signature or Authorization, a missing header, more than 100 models, a malformed list
@@ -43,7 +43,7 @@ from bridge.sinks.quick_audience_openapi import (
     QuickAudienceOpenApiSink,
 )
 from bridge.spool import Spool
-from bridge.standins import (
+from bridge.testing import (
     QUICK_AUDIENCE_PATH,
     MobileEventsStandIn,
     QuickAudienceOpenApiStandIn,
@@ -110,12 +110,8 @@ def assert_clean(*texts: str) -> None:
             assert hidden not in text, (hidden, text)
 
 
-@pytest.fixture(autouse=True)
-def _no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Loopback requests must not be sent to a proxy from the environment."""
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("all_proxy", raising=False)
+# Loopback requests must not be sent to a proxy from the environment.
+pytestmark = pytest.mark.usefixtures("no_proxies")
 
 
 @pytest.fixture

@@ -7,16 +7,12 @@ is given (200 once that runs out), and can be stopped to play a receiver that is
 
 from __future__ import annotations
 
-import collections
 import email.utils
 import hashlib
 import hmac
 import json
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -29,115 +25,36 @@ from bridge.core.topics import TopicKind
 from bridge.errors import BrokerError, ConfigError, SinkError
 from bridge.sinks import SinkContext, build_sinks
 from bridge.sinks.webhook import WebhookConfig, WebhookSink
+from bridge.testing import Recorder, Request
 
 SECRET = "s3cr3t-hmac-key"
 TOKEN = "t0ken-in-the-environment"
 QUERY_TOKEN = "q-token-in-the-url"
 
 
-@dataclass(frozen=True)
-class Received:
-    """One request as the server saw it; header names are lowercased."""
-
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    client_port: int
-
-
-class Receiver:
+class Receiver(Recorder):
     """A contract-enforcing webhook receiver on a free loopback port."""
 
     def __init__(self, secret: str | None) -> None:
+        # The query string is one that error messages must not repeat.
+        super().__init__(path=f"/hooks/customers?token={QUERY_TOKEN}")
         self.secret = secret
-        self.requests: list[Received] = []
-        self.statuses: collections.deque[int] = collections.deque()
-        self.delay = 0.0
-        self.retry_after: str | None = None
-        self.released = threading.Event()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.receiver = self
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self._running = False
+        self.contract = self.verdict
 
-    @property
-    def url(self) -> str:
-        """The receiver's URL, with a query string that error messages must not repeat."""
-        return f"http://127.0.0.1:{self._server.server_port}/hooks/customers?token={QUERY_TOKEN}"
-
-    def start(self) -> None:
-        """Serve on a background thread."""
-        self._thread.start()
-        self._running = True
-
-    def stop(self) -> None:
-        """Stop serving and free the port: later connections are refused."""
-        self.released.set()
-        if self._running:
-            self._server.shutdown()
-            self._running = False
-        self._server.server_close()
-
-    def verdict(self, headers: dict[str, str], body: bytes) -> int:
-        """The status the contract gives a request, before any status from the sequence."""
-        if headers.get("content-type") != "application/json":
+    def verdict(self, request: Request) -> int | None:
+        """The status the contract refuses a request with, before any status from the sequence."""
+        if request.headers.get("content-type") != "application/json":
             return 415
         if self.secret is not None:
-            expected = "sha256=" + hmac.new(self.secret.encode(), body, hashlib.sha256).hexdigest()
-            if not hmac.compare_digest(headers.get("x-bridge-signature", ""), expected):
+            digest = hmac.new(self.secret.encode(), request.body, hashlib.sha256).hexdigest()
+            given = request.headers.get("x-bridge-signature", "")
+            if not hmac.compare_digest(given, "sha256=" + digest):
                 return 401
-        return self.statuses.popleft() if self.statuses else 200
+        return None
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    receiver: Receiver
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that gave up (timeout tests) is expected; stay quiet."""
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, so that connection reuse is visible
-    server: _Server
-
-    def do_POST(self) -> None:
-        """Record the request, apply the contract, answer."""
-        receiver = self.server.receiver
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        receiver.requests.append(
-            Received(self.command, self.path, headers, body, self.client_address[1])
-        )
-        if receiver.delay:
-            receiver.released.wait(receiver.delay)
-        status = receiver.verdict(headers, body)
-        answer = json.dumps({"status": status}).encode()
-        self.send_response(status)
-        if 300 <= status < 400:
-            self.send_header("Location", "/elsewhere")
-        if receiver.retry_after is not None and status >= 400:
-            self.send_header("Retry-After", receiver.retry_after)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    do_PUT = do_POST
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Keep the test output clean."""
-
-
-@pytest.fixture(autouse=True)
-def _no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Loopback requests must not be sent to a proxy from the environment."""
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("all_proxy", raising=False)
+# Loopback requests must not be sent to a proxy from the environment.
+pytestmark = pytest.mark.usefixtures("no_proxies")
 
 
 @pytest.fixture
@@ -197,7 +114,7 @@ def test_body_and_headers_are_the_contract(receiver: Receiver) -> None:
         sink.close()
     [request] = receiver.requests
     assert request.method == "POST"
-    assert request.path == f"/hooks/customers?token={QUERY_TOKEN}"
+    assert request.target == f"/hooks/customers?token={QUERY_TOKEN}"
     assert json.loads(request.body.decode("utf-8")) == {"events": [e.to_dict() for e in batch]}
     assert "海康威视".encode() in request.body  # raw UTF-8, not \u escapes
     expected = "sha256=" + hmac.new(SECRET.encode(), request.body, hashlib.sha256).hexdigest()

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import collections
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -21,6 +18,7 @@ from bridge.core.topics import TopicKind
 from bridge.errors import BrokerError, ConfigError, SinkError
 from bridge.sinks import SinkContext, build_sinks
 from bridge.sinks.webhook import WebhookSink, delivery_id, standard_key, standard_signature
+from bridge.testing import Recorder, Request
 
 # The published vector of the Standard Webhooks libraries (libraries/python/tests).
 VECTOR_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -39,65 +37,34 @@ def _no_publish(_topic: str, _payload: bytes, _qos: int, _retain: bool) -> None:
 CONTEXT = SinkContext(publish=_no_publish, logger=structlog.get_logger())
 
 
-class Verifier:
+class Verifier(Recorder):
     """A loopback receiver that accepts a request only if the reference library verifies it
     with one of its secrets; it answers from `statuses` first (to force retries)."""
 
     def __init__(self, *secrets: str) -> None:
+        super().__init__(path="/hooks", status=204)
         self.webhooks = [Webhook(secret) for secret in secrets]
-        self.requests: list[tuple[dict[str, str], bytes, bool]] = []
-        self.statuses: collections.deque[int] = collections.deque()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._server.verifier = self  # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self.contract = lambda request: None if self.verified(request) else 401
+        self.start()
 
     @property
-    def url(self) -> str:
-        """Where the receiver listens."""
-        return f"http://127.0.0.1:{self._server.server_port}/hooks"
+    def checked(self) -> list[tuple[dict[str, str], bytes, bool]]:
+        """Each request's headers and body, and whether it verified."""
+        return [(r.headers, r.body, r.status != 401) for r in self.recorded()]
 
-    def verified(self, headers: dict[str, str], body: bytes) -> bool:
+    def verified(self, request: Request) -> bool:
         """Whether any of the receiver's secrets verifies the request."""
         for webhook in self.webhooks:
             try:
-                webhook.verify(body, headers, json_parse=False)
+                webhook.verify(request.body, request.headers, json_parse=False)
             except WebhookVerificationError:
                 continue
             return True
         return False
 
-    def stop(self) -> None:
-        """Stop serving and free the port."""
-        self._server.shutdown()
-        self._server.server_close()
 
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self) -> None:
-        """Verify, record, answer."""
-        verifier: Verifier = self.server.verifier  # type: ignore[attr-defined]
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        ok = verifier.verified(headers, body)
-        verifier.requests.append((headers, body, ok))
-        status = (verifier.statuses.popleft() if verifier.statuses else 204) if ok else 401
-        self.send_response(status)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Keep the test output clean."""
-
-
-@pytest.fixture(autouse=True)
-def _no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Loopback requests must not be sent to a proxy from the environment."""
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("all_proxy", raising=False)
+# Loopback requests must not be sent to a proxy from the environment.
+pytestmark = pytest.mark.usefixtures("no_proxies")
 
 
 @pytest.fixture
@@ -169,7 +136,7 @@ def test_the_library_verifies_what_the_sink_sends(new_only: Verifier) -> None:
         hook.send([event("c-1"), event("c-2")])
     finally:
         hook.close()
-    ((headers, body, ok),) = new_only.requests
+    ((headers, body, ok),) = new_only.checked
     assert ok
     assert headers["webhook-id"] == delivery_id(body)
     assert before - 1 <= int(headers["webhook-timestamp"]) <= time.time()
@@ -186,7 +153,7 @@ def test_every_secret_signs_so_rotation_needs_no_flag_day(
             hook.send([event("c-1")])
         finally:
             hook.close()
-        ((headers, _body, ok),) = receiver.requests
+        ((headers, _body, ok),) = receiver.checked
         assert ok
         assert len(headers["webhook-signature"].split(" ")) == 2
     only_new = sink(old_only.url, NEW_SECRET)
@@ -215,8 +182,8 @@ def test_a_retry_and_a_redelivery_keep_the_id(new_only: Verifier) -> None:
         restarted.send(batch[:1])
     finally:
         restarted.close()
-    ids = [headers["webhook-id"] for headers, _body, _ok in new_only.requests]
-    assert all(ok for _headers, _body, ok in new_only.requests)
+    ids = [headers["webhook-id"] for headers, _body, _ok in new_only.checked]
+    assert all(ok for _headers, _body, ok in new_only.checked)
     assert ids[0] == ids[1] == ids[2] != ids[3]
 
 
@@ -227,7 +194,7 @@ def test_body_hmac_and_standard_signature_can_go_together(new_only: Verifier) ->
         hook.send([event("c-1")])
     finally:
         hook.close()
-    ((headers, body, ok),) = new_only.requests
+    ((headers, body, ok),) = new_only.checked
     assert ok
     assert headers["x-bridge-signature"] == hook.signature(body)
 
