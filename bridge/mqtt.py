@@ -188,6 +188,17 @@ class Publisher:
                 # slice catches the one whose notification came a moment early.
                 self._acked.wait(min(remaining, 0.02))
 
+    def _set_window(self, inflight: int) -> None:
+        """Keep at most `inflight` publishes unacknowledged on this connection.
+
+        MQTT 5 forbids more than the broker's Receive Maximum (mosquitto's default: 20), which
+        CONNACK tells; paho neither follows it nor lets it be set once connected.
+        """
+        client: Any = self._client
+        if getattr(client, "_max_inflight_messages", None) != inflight:
+            client._max_inflight_messages = inflight
+            self._log.debug("publisher_window", inflight=inflight)
+
     def _withdraw(self, mids: list[int]) -> None:
         """Drop unacknowledged publishes from paho's session: our caller retries them.
 
@@ -228,9 +239,8 @@ class Publisher:
                     self._log.warning("publisher_connect_refused", reason=text)
                 return
             self._refused = None
-            # More in flight than the broker's Receive Maximum and it disconnects us (0x93).
             window = getattr(properties, "ReceiveMaximum", None) if self._v5 else None
-            self._client.max_inflight_messages_set(min(MAX_INFLIGHT, window or MAX_INFLIGHT))
+            self._set_window(min(MAX_INFLIGHT, window or MAX_INFLIGHT))
             self.connected.set()
             self._log.debug("publisher_connected")
         except Exception:  # noqa: BLE001 - must not reach paho's loop
