@@ -76,9 +76,15 @@ def drain(w: Worker, spool: Spool, timeout: float = 30.0) -> None:
 
 
 def distinct_within(watcher: MqttProbe, count: int, timeout: float) -> list[int]:
-    """The `n` of every message received once `count` distinct ones came, or at the timeout."""
+    """The `n` of every message received, once `count` distinct ones came or 3 s brought none."""
     deadline = time.monotonic() + timeout
-    while len(set(numbers(watcher.messages))) < count and time.monotonic() < deadline:
+    seen, quiet_since = 0, time.monotonic()
+    while time.monotonic() < deadline:
+        received = numbers(watcher.messages)
+        if len(set(received)) >= count or time.monotonic() - quiet_since > 3.0:
+            break
+        if len(received) > seen:
+            seen, quiet_since = len(received), time.monotonic()
         time.sleep(0.1)
     return numbers(watcher.messages)
 
