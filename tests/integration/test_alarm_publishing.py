@@ -14,9 +14,13 @@ import structlog
 from brokers import Mosquitto, MqttProbe
 
 from bridge.config import BrokerConfig, DeliveryConfig, ReconnectConfig
+from bridge.core.events import DownstreamEvent
+from bridge.core.records import Op
+from bridge.core.topics import TopicKind
 from bridge.delivery import Worker, alarm_sender
 from bridge.errors import BrokerError, PublishRefused
 from bridge.mqtt import Publisher
+from bridge.sinks.republish import RepublishSink
 from bridge.spool import ALARMS, NewRow, Spool
 
 LOG = structlog.get_logger()
@@ -258,3 +262,36 @@ def test_broker_killed_mid_batch_loses_no_alarm(
     twice = {n for n, seen in Counter(received).items() if seen > 1}
     assert twice <= set(lost)
     assert spool.dead_count() == 0
+
+
+def republished_event(customer_id: str) -> DownstreamEvent:
+    """A downstream add of one customer, for the mqtt sink."""
+    return DownstreamEvent(
+        op=Op.ADD,
+        kind=TopicKind.STANDARD,
+        tenant="acme",
+        project_id="proj_42",
+        version=None,
+        vendor=None,
+        msg_id="m-1",
+        report_ts=1661154622,
+        event_ts=1661154622000,
+        customer={"id": customer_id, "name": "Zoë"},
+    )
+
+
+def test_mqtt_sink_refusal_is_the_records_alone(acl_broker: Mosquitto) -> None:
+    """The mqtt sink, pipelined: the record the broker refuses (0x87) is the only one refused."""
+    publisher = publisher_for(acl_broker, "5", username="bridge")
+    sink = RepublishSink("out", publisher.publish_many, "alarms/{id}/x", 1, False)
+    with MqttProbe(acl_broker.host, acl_broker.port, mqtt5=True) as watcher:
+        watcher.subscribe("alarms/#", qos=1)
+        try:
+            answer = sink.send([republished_event(i) for i in ("ok", "denied", "ok", "ok")])
+            received = watcher.wait_for(3, timeout=10)
+        finally:
+            publisher.stop()
+    assert answer is not None
+    assert list(answer.records) == [1]
+    assert "Not authorized" in answer.records[1]
+    assert [topic for topic, _ in received] == ["alarms/ok/x"] * 3
