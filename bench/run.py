@@ -67,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--soak-rate", type=float, default=1000.0)
     parser.add_argument("--profile", action="store_true", help="only a py-spy profiled drain")
     parser.add_argument(
+        "--alarms", type=int, metavar="N", help="only the alarm worker draining N alarms"
+    )
+    parser.add_argument(
         "--bridge-ref",
         help="measure the bridge/ of this git commit (exported with git archive), "
         "not the working tree",
@@ -292,6 +295,18 @@ def verdicts(
     return out
 
 
+def alarm_drain(args: argparse.Namespace, work: Path, document: dict[str, Any]) -> int:
+    """The alarm worker, one PUBACK at a time vs pipelined (bench/alarms.py)."""
+    sys.path.insert(0, str(scenarios.BRIDGE_ROOT))  # --bridge-ref / --bridge-root, in-process
+    import alarms  # noqa: PLC0415 - after the path: it imports the bridge measured
+
+    result = alarms.run(work, args.alarms)
+    document["alarms"] = result
+    print(alarms.table(result))
+    log(f"results: {write_results(args, 'alarms', document)}")
+    return 0
+
+
 def write_results(args: argparse.Namespace, kind: str, document: dict[str, Any]) -> Path:
     """bench/results/<UTC time>[-kind].json"""
     args.results.mkdir(parents=True, exist_ok=True)
@@ -322,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
             return soak(args, work, document)
         if args.profile:
             return profile(args, work, document)
+        if args.alarms:
+            return alarm_drain(args, work, document)
         return full(args, work, document, started)
     finally:
         if not args.keep:

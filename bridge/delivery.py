@@ -16,7 +16,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -29,6 +29,7 @@ from bridge.core.outbox import NewRow, alarm_outbox_row
 from bridge.errors import BrokerError, Partial, PublishRefused, SinkError
 from bridge.metrics import Metrics
 from bridge.sinks import Refused, Route, Sink
+from bridge.sinks.base import PublishBatch
 from bridge.spool import Row, Spool, SpoolError
 
 Publish = Callable[[str, bytes, int, bool], None]
@@ -219,7 +220,7 @@ class Worker:
             refused = self._send(rows)
         except Partial as partial:
             # The first rows went out: record them, so a retry does not send them twice.
-            self._delivered(rows[: partial.taken])
+            self._answered(rows[: partial.taken], partial.refused)
             rest = rows[partial.taken :]
             failure = Failure.of(partial.cause)
             if not failure.permanent:
@@ -239,18 +240,21 @@ class Worker:
             middle = len(rows) // 2
             self._log.info("batch_split", reason=failure.reason, records=len(rows))
             return self._settle(rows[:middle]) and self._settle(self._unheld(rows[middle:]))
-        if refused is None or not refused.records:
+        self._answered(rows, refused.records if refused is not None else {})
+        return True
+
+    def _answered(self, rows: Sequence[Row], refused: Mapping[int, str]) -> None:
+        """Rows the sink answered record by record: give up on the refused, deliver the rest."""
+        if not refused:
             self._delivered(rows)
-            return True
-        # The sink said record by record: give up on those alone, deliver the rest.
-        good = [row for index, row in enumerate(rows) if index not in refused.records]
+            return
+        good = [row for index, row in enumerate(rows) if index not in refused]
         by_reason: dict[str, list[Row]] = {}
-        for index, reason in sorted(refused.records.items()):
+        for index, reason in sorted(refused.items()):
             by_reason.setdefault(reason, []).append(rows[index])
         for reason, given_up in by_reason.items():
             self._refused(given_up, reason)
         self._delivered(good)
-        return True
 
     def _unheld(self, rows: Sequence[Row]) -> Sequence[Row]:
         # With holding, a customer just dead-lettered sends nothing more of this batch: its
@@ -369,20 +373,34 @@ def sink_sender(
     return send
 
 
-def alarm_sender(publish: Publish) -> Callable[[Sequence[Row]], Refused | None]:
-    """Publish alarm rows, QoS 1, not retained, waiting for each acknowledgement."""
+def alarm_sender(publish_many: PublishBatch) -> Callable[[Sequence[Row]], Refused | None]:
+    """Publish alarm rows, QoS 1, not retained, all in flight at once; judge them row by row."""
 
     def send(rows: Sequence[Row]) -> Refused | None:
-        for index, row in enumerate(rows):
+        messages: list[tuple[str, bytes, int, bool]] = []
+        for row in rows:
             alarm = row.decoded()
             payload = json.dumps(alarm["payload"], ensure_ascii=False, separators=(",", ":"))
-            try:
-                publish(alarm["topic"], payload.encode(), 1, False)
-            except BrokerError as exc:
-                raise Partial(index, exc) from None
-        return None
+            messages.append((alarm["topic"], payload.encode(), 1, False))
+        return judged(publish_many(messages))
 
     return send
+
+
+def judged(outcomes: Sequence[BrokerError | None]) -> Refused | None:
+    """The worker's view of a batch's publish outcomes (see `Publisher.publish_many`).
+
+    A refusal is that row's alone. From the first row whose acknowledgement did not come,
+    the rest is retried: the broker acknowledges in publish order, so on one connection
+    nothing after a lost acknowledgement was taken either.
+    """
+    refused: dict[int, str] = {}
+    for index, outcome in enumerate(outcomes):
+        if isinstance(outcome, PublishRefused):
+            refused[index] = str(outcome)
+        elif outcome is not None:
+            raise Partial(index, outcome, refused)
+    return Refused(refused) if refused else None
 
 
 def give_up_alarms(

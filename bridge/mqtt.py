@@ -13,6 +13,8 @@ import contextlib
 import socket
 import ssl
 import threading
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -21,6 +23,8 @@ from paho.mqtt.client import (
     Client,
     ConnectFlags,
     DisconnectFlags,
+    MQTTMessageInfo,
+    mqtt_ms_wait_for_puback,
 )
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
@@ -36,8 +40,15 @@ def _no_delay(_client: Client, _userdata: Any, sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+MAX_INFLIGHT = 100
+"""Publishes paho keeps unacknowledged at once (MQTT 5: at most the broker's Receive Maximum)."""
+
+Message = tuple[str, bytes, int, bool]
+"""A publish: topic, payload, QoS, retain."""
+
+
 class Publisher:
-    """A clean-session MQTT client (MQTT 5 or 3.1.1) that publishes and waits for the ack.
+    """A clean-session MQTT client (MQTT 5 or 3.1.1) that publishes batches and waits for the acks.
 
     It connects as `{client_id}-pub`: on the subscribing connection the acknowledgements of
     our publishes would queue behind every message the broker is pushing to us, which during
@@ -50,6 +61,7 @@ class Publisher:
         self._v5 = config.protocol == "5"
         self._puback_reasons: dict[int, ReasonCode] = {}
         self._refused: str | None = None
+        self._acked = threading.Condition()  # notified on each acknowledgement and disconnect
         self.connected = threading.Event()
         self._client = self._make_client(f"{config.client_id}-pub")
         self._client.on_connect = self._on_connect
@@ -67,6 +79,7 @@ class Publisher:
         )
         client.reconnect_delay_set(config.reconnect.min_delay, config.reconnect.max_delay)
         client.max_queued_messages_set(0)
+        client.max_inflight_messages_set(MAX_INFLIGHT)
         username, password = config.credentials()
         if username is not None:
             client.username_pw_set(username, password)
@@ -104,25 +117,107 @@ class Publisher:
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         """Publish and wait for the broker's acknowledgement; BrokerError if it did not take it."""
+        (outcome,) = self.publish_many([(topic, payload, qos, retain)])
+        if outcome is not None:
+            raise outcome
+
+    def publish_many(self, messages: Sequence[Message]) -> list[BrokerError | None]:
+        """Publish every message without waiting between them, then wait once for the acks.
+
+        One outcome per message, in order: None when the broker acknowledged it (a QoS 0
+        message once written), `PublishRefused` when it answered with a failure reason code,
+        another `BrokerError` when its acknowledgement did not come (timeout, disconnect).
+        paho keeps up to `MAX_INFLIGHT` unacknowledged and sends the rest as acks free room,
+        in publish order, so the broker sees each topic's messages in order.
+        """
+        if not messages:
+            return []
         if not self.connected.is_set():
-            # paho would queue it and send it after reconnecting, while our caller retries it
-            # too: the message would go out twice.
-            raise BrokerError("not connected to the broker")
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
-        if qos == 0:
-            if info.rc != MQTT_ERR_SUCCESS:
-                raise BrokerError(f"publish failed (rc={info.rc})")
-            return
+            # paho would queue them and send them after reconnecting, while our caller retries
+            # them too: each would go out twice.
+            return [BrokerError("not connected to the broker")] * len(messages)
+        # Only QoS 1 messages paho took have an acknowledgement to wait for; the others stay None.
+        infos: list[MQTTMessageInfo | None] = []
+        outcomes: list[BrokerError | None] = []
+        unacked: list[int] = []
+        for topic, payload, qos, retain in messages:
+            info = self._client.publish(topic, payload, qos=qos, retain=retain)
+            if info.rc == MQTT_ERR_SUCCESS:
+                infos.append(info if qos > 0 else None)
+                outcomes.append(None)
+            else:
+                # paho keeps a QoS 1 message it could not write for after the reconnect;
+                # it is withdrawn with the unacknowledged, since our caller retries it.
+                infos.append(None)
+                outcomes.append(BrokerError(f"publish failed (rc={info.rc})"))
+                unacked.append(info.mid)
+        self._wait_for_acks(infos)
+        connected = self.connected.is_set()
+        for index, sent in enumerate(infos):
+            if sent is None:
+                continue
+            reason = self._puback_reasons.pop(sent.mid, None)
+            if not sent.is_published():
+                unacked.append(sent.mid)
+                outcomes[index] = BrokerError(
+                    f"no acknowledgement within {self._config.publish_timeout}s"
+                    if connected
+                    else "disconnected before the acknowledgement"
+                )
+            elif reason is not None and reason.is_failure:
+                outcomes[index] = PublishRefused(f"broker refused the publish: {reason}")
+        if unacked:
+            self._withdraw(unacked)
+        return outcomes
+
+    def _wait_for_acks(self, infos: Sequence[MQTTMessageInfo | None]) -> None:
+        """Wait until every message is acknowledged, the connection drops, or the deadline."""
+        deadline = time.monotonic() + self._config.publish_timeout
+        first = 0  # every message before `first` is acknowledged
+        with self._acked:
+            while self.connected.is_set():
+                while first < len(infos):
+                    info = infos[first]
+                    if info is not None and not info.is_published():
+                        break
+                    first += 1
+                remaining = deadline - time.monotonic()
+                if first == len(infos) or remaining <= 0:
+                    return
+                # paho marks a message published just after our callback ran: a short
+                # slice catches the one whose notification came a moment early.
+                self._acked.wait(min(remaining, 0.02))
+
+    def _set_window(self, inflight: int) -> None:
+        """Keep at most `inflight` publishes unacknowledged on this connection.
+
+        MQTT 5 forbids more than the broker's Receive Maximum (mosquitto's default: 20), which
+        CONNACK tells; paho neither follows it nor lets it be set once connected.
+        """
+        client: Any = self._client
+        if getattr(client, "_max_inflight_messages", None) != inflight:
+            client._max_inflight_messages = inflight
+            self._log.debug("publisher_window", inflight=inflight)
+
+    def _withdraw(self, mids: list[int]) -> None:
+        """Drop unacknowledged publishes from paho's session: our caller retries them.
+
+        Otherwise paho sends them again after reconnecting (or acknowledges them late), and
+        each goes out once more than the caller's retry. paho has no public call for this.
+        """
+        client: Any = self._client
         try:
-            info.wait_for_publish(self._config.publish_timeout)
-        except (ValueError, RuntimeError) as exc:
-            raise BrokerError(f"publish failed: {exc}") from None
-        if not info.is_published():
-            self._puback_reasons.pop(info.mid, None)
-            raise BrokerError(f"no acknowledgement within {self._config.publish_timeout}s")
-        reason = self._puback_reasons.pop(info.mid, None)
-        if reason is not None and reason.is_failure:
-            raise PublishRefused(f"broker refused the publish: {reason}")
+            with client._out_message_mutex:
+                for mid in mids:
+                    message = client._out_messages.pop(mid, None)
+                    if message is not None and message.state == mqtt_ms_wait_for_puback:
+                        client._inflight_messages -= 1
+                    self._puback_reasons.pop(mid, None)
+                # Freed room lets another caller's queued publishes go out now.
+                if self.connected.is_set():
+                    client._update_inflight()
+        except Exception:  # noqa: BLE001 - a paho without these internals: it resends itself
+            self._log.exception("publish_withdraw_failed")
 
     # paho callbacks: run on paho's thread, never raise.
 
@@ -132,7 +227,7 @@ class Publisher:
         _userdata: Any,
         _flags: ConnectFlags,
         reason: ReasonCode,
-        _properties: Properties | None,
+        properties: Properties | None,
     ) -> None:
         try:
             if reason.is_failure:
@@ -144,6 +239,8 @@ class Publisher:
                     self._log.warning("publisher_connect_refused", reason=text)
                 return
             self._refused = None
+            window = getattr(properties, "ReceiveMaximum", None) if self._v5 else None
+            self._set_window(min(MAX_INFLIGHT, window or MAX_INFLIGHT))
             self.connected.set()
             self._log.debug("publisher_connected")
         except Exception:  # noqa: BLE001 - must not reach paho's loop
@@ -157,7 +254,12 @@ class Publisher:
         _reason: ReasonCode,
         _properties: Properties | None,
     ) -> None:
-        self.connected.clear()
+        try:
+            self.connected.clear()
+            with self._acked:
+                self._acked.notify_all()
+        except Exception:  # noqa: BLE001 - must not reach paho's loop
+            self._log.exception("callback_failed", callback="on_disconnect")
 
     def _on_publish(
         self,
@@ -171,5 +273,7 @@ class Publisher:
         try:
             if self._v5 and reason.is_failure:
                 self._puback_reasons[mid] = reason
+            with self._acked:
+                self._acked.notify_all()
         except Exception:  # noqa: BLE001 - must not reach paho's loop
             self._log.exception("callback_failed", callback="on_publish")

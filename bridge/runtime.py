@@ -102,7 +102,7 @@ class Bridge:
         self.workers.append(
             Worker(
                 ALARMS,
-                alarm_sender(self.publisher.publish),
+                alarm_sender(self.publisher.publish_many),
                 self.spool,
                 config.delivery,
                 threading.Event(),
@@ -294,7 +294,11 @@ class Bridge:
     # sinks and reload
 
     def _build_targets(self, config: Config) -> list[Target]:
-        context = SinkContext(publish=self.publisher.publish, logger=self.log)
+        context = SinkContext(
+            publish=self.publisher.publish,
+            logger=self.log,
+            publish_many=self.publisher.publish_many,
+        )
         sinks = build_sinks(config.sinks, context)
         return [
             Target(sink, entry.route, entry.batch_size, entry.linger, entry.after_give_up == "hold")

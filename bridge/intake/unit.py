@@ -259,6 +259,7 @@ class Intake:
                     answer = hand_over(sink, events, [r.body for r in records])
                 except Partial as partial:
                     taken = partial.taken
+                    refused = set(partial.refused)  # among the taken: the worker gives up on them
                     raise partial.cause from None
             # What it refused goes through the outbox, whose worker gives up on it.
             refused = set(answer.records) if answer is not None else set()

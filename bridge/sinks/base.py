@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bridge.core.events import DownstreamEvent
 from bridge.core.routes import Route
+from bridge.errors import BrokerError, PublishRefused
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,13 +54,42 @@ class Sink(Protocol):
 Publish = Callable[[str, bytes, int, bool], None]
 """Publish (topic, payload, qos, retain) on the bridge's broker connection, waiting for the ack."""
 
+PublishBatch = Callable[[Sequence[tuple[str, bytes, int, bool]]], list[BrokerError | None]]
+"""Publish many (topic, payload, qos, retain) at once, then wait for all their acks: one
+outcome each, None when taken, `PublishRefused` when refused, another `BrokerError` when lost."""
+
+
+def one_by_one(publish: Publish) -> PublishBatch:
+    """A `PublishBatch` over a `Publish`, waiting for each ack; it stops at the first lost one."""
+
+    def publish_many(messages: Sequence[tuple[str, bytes, int, bool]]) -> list[BrokerError | None]:
+        outcomes: list[BrokerError | None] = []
+        for topic, payload, qos, retain in messages:
+            try:
+                publish(topic, payload, qos, retain)
+            except PublishRefused as exc:
+                outcomes.append(exc)
+            except BrokerError as exc:
+                # What comes after was not tried: as lost, so the caller retries it.
+                return outcomes + [exc] * (len(messages) - len(outcomes))
+            else:
+                outcomes.append(None)
+        return outcomes
+
+    return publish_many
+
 
 @dataclass(frozen=True, slots=True)
 class SinkContext:
-    """What the runtime lends a sink when building it."""
+    """What the runtime lends a sink when building it.
+
+    `publish_many`, when given, keeps many publishes in flight at once; without it a sink
+    publishes through `publish`, one acknowledgement at a time.
+    """
 
     publish: Publish
     logger: structlog.typing.FilteringBoundLogger
+    publish_many: PublishBatch | None = None
 
 
 class SinkConfigBase(BaseModel):

@@ -11,8 +11,8 @@ from pydantic import field_validator
 
 from bridge.core.events import DownstreamEvent
 from bridge.core.topics import is_safe_segment
-from bridge.errors import BrokerError, Partial, PublishRefused, SinkError
-from bridge.sinks.base import Publish, SinkConfigBase, SinkContext
+from bridge.errors import Partial, PublishRefused, SinkError
+from bridge.sinks.base import PublishBatch, Refused, SinkConfigBase, SinkContext, one_by_one
 
 PLACEHOLDERS = frozenset({"op", "tenant", "projectId", "kind", "version", "vendor", "id"})
 
@@ -40,17 +40,20 @@ class RepublishConfig(SinkConfigBase):
 
     def build(self, context: SinkContext) -> RepublishSink:
         """Bind the template to the bridge's broker connection."""
+        publish_many = context.publish_many or one_by_one(context.publish)
         return RepublishSink(
-            self.name or f"mqtt:{self.topic}", context.publish, self.topic, self.qos, self.retain
+            self.name or f"mqtt:{self.topic}", publish_many, self.topic, self.qos, self.retain
         )
 
 
 class RepublishSink:
     """Publishes each event as JSON; a segment that is unsafe in a topic is a permanent failure."""
 
-    def __init__(self, name: str, publish: Publish, template: str, qos: int, retain: bool) -> None:
+    def __init__(
+        self, name: str, publish_many: PublishBatch, template: str, qos: int, retain: bool
+    ) -> None:
         self.name = name
-        self._publish = publish
+        self._publish_many = publish_many
         self._template = template
         self._qos = qos
         self._retain = retain
@@ -72,17 +75,32 @@ class RepublishSink:
                 raise SinkError(f"{name} is not usable in a topic", permanent=True)
         return self._template.format(**values)
 
-    def send(self, events: Sequence[DownstreamEvent]) -> None:
-        """Publish every event of the batch and wait for each acknowledgement."""
+    def send(self, events: Sequence[DownstreamEvent]) -> Refused | None:
+        """Publish the whole batch with its publishes in flight together; judge each record.
+
+        A record refused for good (an unsafe topic, a broker refusal) is that record's alone.
+        From the first whose acknowledgement was lost, the rest is retried (`Partial`).
+        """
+        refused: dict[int, str] = {}
+        messages: list[tuple[str, bytes, int, bool]] = []
+        positions: list[int] = []  # the batch position of each message
         for index, event in enumerate(events):
-            payload = json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":"))
             try:
-                self._publish(self.topic_for(event), payload.encode(), self._qos, self._retain)
-            except (BrokerError, SinkError) as exc:
-                if index == 0:
-                    permanent = isinstance(exc, PublishRefused) or getattr(exc, "permanent", False)
-                    raise SinkError(str(exc), permanent=permanent) from None
-                raise Partial(index, exc) from None
+                topic = self.topic_for(event)
+            except SinkError as exc:
+                refused[index] = str(exc)
+                continue
+            payload = json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":"))
+            messages.append((topic, payload.encode(), self._qos, self._retain))
+            positions.append(index)
+        outcomes = self._publish_many(messages) if messages else []
+        for index, outcome in zip(positions, outcomes, strict=True):
+            if isinstance(outcome, PublishRefused):
+                refused[index] = str(outcome)
+            elif outcome is not None:
+                earlier = {i: reason for i, reason in refused.items() if i < index}
+                raise Partial(index, outcome, earlier) from None
+        return Refused(refused) if refused else None
 
     def close(self) -> None:
         """The connection belongs to the runtime; nothing to release."""

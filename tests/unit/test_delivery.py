@@ -44,7 +44,9 @@ from bridge.delivery import (
 )
 from bridge.errors import BrokerError, Partial, PublishRefused, SinkError
 from bridge.sinks import Refused
+from bridge.sinks.base import one_by_one
 from bridge.sinks.python import PythonSink
+from bridge.sinks.republish import RepublishSink
 from bridge.spool import ALARMS, NewRow, Row, Spool
 
 SINK = "crm"
@@ -540,7 +542,7 @@ def test_alarm_worker_publishes_qos1_not_retained(spool: Spool) -> None:
     def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
         published.append((topic, json.loads(payload), qos, retain))
 
-    w = worker(spool, alarm_sender(publish), name=ALARMS, kind="alarm")
+    w = worker(spool, alarm_sender(one_by_one(publish)), name=ALARMS, kind="alarm")
     assert w.step()
 
     assert [(t, q, r) for t, _, q, r in published] == [(STANDARD_ERROR_TOPIC, 1, False)]
@@ -555,7 +557,7 @@ def test_broker_error_is_transient_for_alarms(spool: Spool) -> None:
     def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
         raise BrokerError("not connected")
 
-    w = worker(spool, alarm_sender(publish), name=ALARMS, kind="alarm")
+    w = worker(spool, alarm_sender(one_by_one(publish)), name=ALARMS, kind="alarm")
     assert w.step()
 
     assert [r.attempts for r in all_rows(spool, ALARMS)] == [1]
@@ -569,13 +571,102 @@ def test_publish_refused_dead_letters_the_alarm(spool: Spool) -> None:
     def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
         raise PublishRefused("not authorized")
 
-    w = worker(spool, alarm_sender(publish), name=ALARMS, kind="alarm")
+    w = worker(spool, alarm_sender(one_by_one(publish)), name=ALARMS, kind="alarm")
     assert w.step()
 
     assert all_rows(spool, ALARMS) == []
     (letter,) = spool.dead_letters()
     assert (letter.target, letter.kind, letter.reason) == (ALARMS, "alarm", "not authorized")
     assert spool.pending == 0
+
+
+def test_alarm_batch_is_judged_row_by_row(spool: Spool) -> None:
+    """Taken alarms are deleted, a refused one dead-lettered alone, the lost tail retried."""
+    spool.store([alarm_numbered(n) for n in range(5)], [])
+    batches: list[list[int]] = []
+    outcomes: list[BrokerError | None] = [
+        None,
+        PublishRefused("not authorized"),
+        None,
+        BrokerError("disconnected before the acknowledgement"),
+        None,  # after a lost ack on one connection: retried, never taken for delivered
+    ]
+
+    def publish_many(messages: Sequence[tuple[str, bytes, int, bool]]) -> list[BrokerError | None]:
+        batches.append([json.loads(payload)["n"] for _, payload, _, _ in messages])
+        return outcomes[: len(messages)]
+
+    w = worker(spool, alarm_sender(publish_many), name=ALARMS, kind="alarm")
+    assert w.step()
+
+    assert batches == [[0, 1, 2, 3, 4]]
+    assert [json.loads(r.body)["payload"]["n"] for r in all_rows(spool, ALARMS)] == [3, 4]
+    assert [r.attempts for r in all_rows(spool, ALARMS)] == [1, 1]
+    (letter,) = spool.dead_letters()
+    assert (letter.kind, letter.reason) == ("alarm", "not authorized")
+    assert json.loads(letter.body)["payload"]["n"] == 1
+
+
+def test_alarm_batch_all_taken_deletes_every_row(spool: Spool) -> None:
+    """A batch whose every publish is acknowledged leaves no row and no dead letter."""
+    spool.store([alarm_numbered(n) for n in range(3)], [])
+
+    def publish_many(messages: Sequence[tuple[str, bytes, int, bool]]) -> list[BrokerError | None]:
+        return [None] * len(messages)
+
+    w = worker(spool, alarm_sender(publish_many), name=ALARMS, kind="alarm")
+    assert w.step()
+
+    assert spool.pending == 0
+    assert spool.dead_count() == 0
+
+
+def test_republish_sink_judges_each_record(spool: Spool) -> None:
+    """The MQTT sink: a refused record is dead-lettered alone; from a lost ack on, retried."""
+    put(spool, event("A", 1), event("B", 1), event("C", 1), event("D", 1))
+    published: list[str] = []
+
+    def publish_many(messages: Sequence[tuple[str, bytes, int, bool]]) -> list[BrokerError | None]:
+        published.extend(topic for topic, _, _, _ in messages)
+        return [None, PublishRefused("not authorized"), BrokerError("lost"), None]
+
+    sink = RepublishSink(SINK, publish_many, "out/{id}", 1, False)
+    w = worker(spool, sink_sender(sink))
+    assert w.step()
+
+    assert published == ["out/A", "out/B", "out/C", "out/D"]
+    assert [label(r) for r in all_rows(spool)] == ["C:1", "D:1"]
+    (letter,) = spool.dead_letters()
+    assert label_of_letter(letter.body) == "B:1"
+
+
+def test_republish_sink_refuses_an_unsafe_topic_alone(spool: Spool) -> None:
+    """A record whose id cannot be a topic segment is refused; the rest of the batch goes out."""
+    put(spool, event("A", 1), event("a/b", 1), event("C", 1))
+    published: list[str] = []
+
+    def publish_many(messages: Sequence[tuple[str, bytes, int, bool]]) -> list[BrokerError | None]:
+        published.extend(topic for topic, _, _, _ in messages)
+        return [None] * len(messages)
+
+    sink = RepublishSink(SINK, publish_many, "out/{id}", 1, False)
+    w = worker(spool, sink_sender(sink))
+    assert w.step()
+
+    assert published == ["out/A", "out/C"]
+    assert all_rows(spool) == []
+    (letter,) = spool.dead_letters()
+    assert label_of_letter(letter.body) == "a/b:1"
+
+
+def alarm_numbered(n: int) -> NewRow:
+    """An alarm row whose payload carries `n`, to follow it through a batch."""
+    return NewRow(ALARMS, "", json.dumps({"topic": f"t/{n % 2}", "payload": {"n": n}}))
+
+
+def label_of_letter(body: bytes) -> str:
+    """A dead letter's event as `customer:n`."""
+    return label(DownstreamEvent.from_dict(json.loads(body)))
 
 
 # give_up_alarms
