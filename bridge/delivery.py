@@ -456,6 +456,48 @@ class Lanes:
             lane.join(max(0.0, deadline - time.monotonic()))
 
 
+def sink_workers(
+    target: Target,
+    spool: Spool,
+    config: DeliveryConfig,
+    logger: structlog.typing.FilteringBoundLogger,
+    *,
+    gave_up: Callable[[Sequence[Row], str], list[NewRow]],
+    metrics: Metrics | None = None,
+    beat_for: Callable[[str], Callable[[], None]] = lambda _thread: lambda: None,
+) -> Worker | Lanes:
+    """The worker of a target, or its lanes: one worker per lane, sharing a stop and the
+    knowledge that a retry waits."""
+    # One lane keeps the lock the intake's direct hand-overs share; lanes send at once.
+    send = sink_sender(target.sink, target.lock if target.lanes == 1 else None)
+    name = target.sink.name
+
+    def lane_worker(
+        lane: Lane, stopping: threading.Event, retrying: threading.Event | None = None
+    ) -> Worker:
+        return Worker(
+            name,
+            send,
+            spool,
+            config,
+            stopping,
+            logger,
+            batch_size=target.batch_size,
+            gave_up=gave_up,
+            kind="event",
+            metrics=metrics,
+            beat=beat_for(lane_thread(name, lane)),
+            linger=target.linger,
+            hold=target.hold,
+            lane=lane,
+            retrying=retrying,
+        )
+
+    if target.lanes == 1:
+        return lane_worker(WHOLE, threading.Event())
+    return Lanes(name, lane_worker, target.lanes)
+
+
 def sink_sender(
     sink: Sink, lock: threading.Lock | None = None
 ) -> Callable[[Sequence[Row]], Refused | None]:

@@ -31,7 +31,7 @@ from bridge.delivery import (
     alarm_sender,
     give_up_alarms,
     lane_thread,
-    sink_sender,
+    sink_workers,
 )
 from bridge.errors import ConfigError
 from bridge.health import HealthServer
@@ -44,7 +44,7 @@ from bridge.mqtt import Publisher
 from bridge.sdnotify import Notifier, Watchdog
 from bridge.signals import requested as early_stop
 from bridge.sinks import SinkContext, build_sinks
-from bridge.spool import WHOLE, Lane, Row, Spool
+from bridge.spool import WHOLE, Row, Spool
 from bridge.status import Stats, Status
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ class Bridge:
                 gave_up=lambda _rows, _reason: [],
                 kind="alarm",
                 metrics=self.metrics,
-                beat=self._beat_for(ALARMS),
+                beat=self._beat_for(lane_thread(ALARMS, WHOLE)),
             )
         )
         processes = config.validation.workers
@@ -319,41 +319,22 @@ class Bridge:
         ]
 
     def _sink_worker(self, target: Target, config: Config) -> Worker | Lanes:
-        # One lane keeps the lock the intake's direct hand-overs share; lanes send at once.
-        send = sink_sender(target.sink, target.lock if target.lanes == 1 else None)
-
-        def lane_worker(
-            lane: Lane, stopping: threading.Event, retrying: threading.Event | None = None
-        ) -> Worker:
-            return Worker(
-                target.sink.name,
-                send,
-                self.spool,
-                config.delivery,
-                stopping,
-                self.log,
-                batch_size=target.batch_size,
-                gave_up=functools.partial(self._give_up_alarms, target.sink.name),
-                kind="event",
-                metrics=self.metrics,
-                beat=self._beat_for(target.sink.name, lane),
-                linger=target.linger,
-                hold=target.hold,
-                lane=lane,
-                retrying=retrying,
-            )
-
-        if target.lanes == 1:
-            return lane_worker(WHOLE, threading.Event())
-        return Lanes(target.sink.name, lane_worker, target.lanes)
+        return sink_workers(
+            target,
+            self.spool,
+            config.delivery,
+            self.log,
+            gave_up=functools.partial(self._give_up_alarms, target.sink.name),
+            metrics=self.metrics,
+            beat_for=self._beat_for,
+        )
 
     def _taken_directly(self, sink: str, count: int) -> None:
         worker = next((w for w in self.workers if w.name == sink), None)
         if worker is not None:
             worker.taken_directly(count)
 
-    def _beat_for(self, worker: str, lane: Lane = WHOLE) -> Callable[[], None]:
-        name = lane_thread(worker, lane)
+    def _beat_for(self, name: str) -> Callable[[], None]:
         self.watchdog.register(name)
         return functools.partial(self.watchdog.beat, name)
 
