@@ -514,6 +514,11 @@ class HookServer:
         self.answered: Counter[int] = Counter()
         self.refuse: Callable[[dict[str, Any]], bool] | None = None
         """While set, a request carrying an event it is true for is answered 400, whole."""
+        self.delay = 0.0
+        """Seconds each request takes before it is answered (a slow receiver)."""
+        self.most_in_flight = 0
+        """The most requests it has had in hand at once."""
+        self._in_flight = 0
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -554,7 +559,14 @@ class HookServer:
             return list(self.accepted)
 
     def _take(self, body: bytes) -> int:
+        delay = self.delay
         with self._lock:
+            self._in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self._in_flight)
+        if delay:
+            time.sleep(delay)
+        with self._lock:
+            self._in_flight -= 1
             status = self.status
             events = json.loads(body)["events"]
             refuse = self.refuse
