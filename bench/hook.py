@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from common import LOOPBACK, free_port
+
+DELAY = 0.0
+"""Seconds each request takes before its answer (--hook-delay): a receiver across a network."""
 
 
 class HookServer:
@@ -68,6 +72,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         size = int(self.headers.get("X-Bridge-Batch-Size", "0"))
+        if DELAY:
+            time.sleep(DELAY)
         hook = self.server.hook
         with hook.lock:
             hook.bodies.append(body)
