@@ -235,17 +235,19 @@ def test_lanes_name_their_threads_for_the_watchdog(spool: Spool) -> None:
 # configuration
 
 
-def test_lanes_default_to_one_and_a_webhook_takes_more() -> None:
-    """`lanes` is 1 unless set; a webhook accepts 4."""
+def test_lanes_default_to_one_but_four_for_a_webhook() -> None:
+    """`lanes` is 1 unless set, 4 for a webhook, which also takes any other count."""
     config = parse(
         {
             "sinks": [
                 {"type": "jsonl", "path": "/tmp/x.jsonl"},
-                {"type": "webhook", "url": "http://127.0.0.1:9/h", "lanes": 4},
+                {"type": "webhook", "url": "http://127.0.0.1:9/h"},
+                {"type": "webhook", "name": "one", "url": "http://127.0.0.1:9/h", "lanes": 1},
+                {"type": "webhook", "name": "many", "url": "http://127.0.0.1:9/h", "lanes": 8},
             ]
         }
     )
-    assert [sink.lanes for sink in config.sinks] == [1, 4]
+    assert [sink.lanes for sink in config.sinks] == [1, 4, 1, 8]
 
 
 @pytest.mark.parametrize("kind", ["jsonl", "log"])
