@@ -29,7 +29,7 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -145,6 +145,10 @@ WHOLE = Lane()
 
 class SpoolError(BridgeError):
     """The spool could not be opened or written (unwritable directory, disk full)."""
+
+
+class SpoolFull(SpoolError):
+    """A write found the volume full even after the reserve and a checkpoint."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -670,11 +674,24 @@ class Spool:
     def done(self, ids: Sequence[int]) -> None:
         """Delete delivered rows (marking the dead letters they overtook)."""
 
-        def delete(db: sqlite3.Connection) -> None:
-            _mark_overtaken(db, ids, time.time())
-            db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+        gone = 0
 
-        self._write(delete, -len(ids), frees=True)
+        def delete(db: sqlite3.Connection) -> None:
+            nonlocal gone
+            _mark_overtaken(db, ids, time.time())
+            gone = db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids]).rowcount
+
+        try:
+            # Counted as deleted, not as asked: a batch half deleted before is asked again whole.
+            self._write(delete, lambda: -gone, frees=True)
+        except SpoolFull:
+            if len(ids) == 1:
+                raise
+            # Rows spread over many pages (a sink's lanes each delete every Nth row) may need
+            # more log than a full volume has: in halves, each a smaller transaction.
+            middle = len(ids) // 2
+            self.done(ids[:middle])
+            self.done(ids[middle:])
 
     def retry(self, ids: Sequence[int], next_at: float, error: str) -> None:
         """Count a failed attempt and set when to try again."""
@@ -928,7 +945,9 @@ class Spool:
             self._db.close()
         self._notify(None)
 
-    def _write(self, change: Any, pending_delta: int, *, frees: bool = False) -> None:
+    def _write(
+        self, change: Any, pending_delta: int | Callable[[], int], *, frees: bool = False
+    ) -> None:
         # The workers' writes (a delivered row deleted, a retry, a dead letter). When the
         # disk is full, a write that makes progress (`frees`: rows delivered or given up)
         # gets the reserve and is tried once more, so that delivering goes on and frees room
@@ -949,9 +968,10 @@ class Spool:
                         released = self._release_reserve()
                         if self._checkpoint() or released:
                             continue
-                    raise SpoolError(f"cannot write the spool: {exc}") from None
+                    failed = SpoolFull if _disk_full(exc) else SpoolError
+                    raise failed(f"cannot write the spool: {exc}") from None
                 break
-            self._pending += pending_delta
+            self._pending += pending_delta if isinstance(pending_delta, int) else pending_delta()
 
     def _checkpoint(self) -> bool:
         # Called with the lock held: move the log into the database, so that no page waits
