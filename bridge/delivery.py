@@ -42,8 +42,9 @@ Publish = Callable[[str, bytes, int, bool], None]
 class Target:
     """A sink with the route that feeds it and its batch size.
 
-    `lock` is held for every hand-over to the sink, so the intake's direct deliveries and
-    the worker's never reach the sink at the same time.
+    `lock` is held for every hand-over to a sink of one lane, so the intake's direct
+    deliveries and the worker's never reach the sink at the same time; a sink with lanes
+    takes hand-overs at once, and is never direct.
     """
 
     sink: Sink
@@ -388,7 +389,7 @@ class Worker:
 
 
 def lane_thread(name: str, lane: Lane) -> str:
-    """The thread (and watchdog component) of a lane: `deliver-NAME`, `deliver-NAME/2` ..."""
+    """The thread (and watchdog component) of a lane: `deliver-NAME`, `deliver-NAME/1`, ..."""
     return f"deliver-{name}" if lane.index == 0 else f"deliver-{name}/{lane.index}"
 
 
@@ -433,7 +434,8 @@ class Lanes:
 
     def step(self) -> bool:
         """Send one batch in each lane that has one due; False when none had."""
-        return [lane.step() for lane in self.lanes].count(True) > 0
+        stepped = [lane.step() for lane in self.lanes]  # every lane, not up to the first
+        return any(stepped)
 
     def taken_directly(self, records: int) -> None:
         """Count records the intake handed to the sink itself (one lane only, see Target)."""
