@@ -101,8 +101,6 @@ class WebhookConfig(SinkConfigBase):
 
     type: Literal["webhook"]
     url: Url = Field(repr=False)
-    # A receiver across a network costs a round trip per batch: four in flight by default.
-    lanes: int = Field(default=4, ge=1, le=64)
     method: Literal["POST", "PUT"] = "POST"
     headers: dict[str, Secret] = Field(default_factory=dict)
     timeout: float = Field(default=10.0, gt=0)

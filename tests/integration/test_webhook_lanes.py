@@ -222,9 +222,8 @@ def test_four_lanes_keep_several_requests_in_flight_and_each_customer_in_order(
 
 
 def test_one_lane_sends_one_request_at_a_time(spool: Spool, receiver: SlowReceiver) -> None:
-    """lanes: 1 (every sink's default but the webhook's): never two requests at once, as
-    before lanes existed."""
-    drain(spool, receiver, 10, 5, lanes=1, batch_size=10)
+    """The default, one lane: never two requests at once, as before lanes existed."""
+    drain(spool, receiver, 10, 5, batch_size=10)
     assert receiver.most_in_flight == 1
     assert all(numbers == [1, 2, 3, 4, 5] for numbers in receiver.by_customer().values())
 
