@@ -11,12 +11,16 @@ from typing import Any
 
 from bridge.testing import Answer, Recorder, Request
 
+DELAY = 0.0
+"""Seconds each request takes before its answer (--hook-delay): a receiver across a network."""
+
 
 class HookServer(Recorder):
     """The recorder at `/hooks/customers`, with a running count of the events it took."""
 
     def __init__(self) -> None:
         super().__init__(path="/hooks/customers")
+        self.delay = DELAY
         self.events = 0
 
     def respond(self, request: Request) -> Answer:

@@ -28,6 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import hook as hook_server
 import nodered
 import scenarios
 import spy
@@ -87,6 +88,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="set a config key on every bridge, e.g. broker.receive_maximum=200 "
         "(repeatable; the default config otherwise)",
     )
+    parser.add_argument(
+        "--hook-delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="the webhook receiver waits this long before each answer, as one across a "
+        "network would (0: answers at once)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep bench/.work (logs, files)")
     parser.add_argument("--results", type=Path, default=BENCH / "results")
     args = parser.parse_args(argv)
@@ -105,6 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         except ValueError:
             value = text
         scenarios.OVERRIDES[key.strip()] = value
+    hook_server.DELAY = args.hook_delay
     return args
 
 
@@ -328,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     env["bridge_source"] = select_bridge(args, work)
     env["bridge_imported_from"] = scenarios.bridge_location()
     env["bridge_config_overrides"] = dict(scenarios.OVERRIDES)
+    env["hook_delay_seconds"] = hook_server.DELAY
     log(f"bridge: {env['bridge_source']}, imported from {env['bridge_imported_from']}")
     command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     document: dict[str, Any] = {"command": command.strip(), "environment": env}
@@ -475,6 +486,11 @@ def report(
         + (
             f", config overrides {env['bridge_config_overrides']}"
             if env["bridge_config_overrides"]
+            else ""
+        )
+        + (
+            f", webhook receiver delay {env['hook_delay_seconds']} s"
+            if env.get("hook_delay_seconds")
             else ""
         )
         + ",",

@@ -1,17 +1,21 @@
-"""Delivery workers: one thread per sink (and one for alarms) draining the spool's outbox.
+"""Delivery workers: threads per sink (and one for alarms) draining the spool's outbox.
 
 Each worker takes the oldest rows its target may send now, hands them over, and
-deletes them once taken. A transient failure schedules a retry with capped
-exponential backoff and full jitter (or the sink's `Retry-After`); the customer's
-later rows wait behind it while other customers keep flowing, and once the sink
-takes a batch again every waiting retry falls due at once. A batch refused for good
-is split in halves, down to single records, so that only the records refused on
-their own go to the dead letters (with a code-502 alarm each); so does a row past
-its attempts or age.
+deletes them once taken. A sink with `lanes` has that many workers, each owning the
+customers whose ordering key hashes to it, so that several batches are in flight while
+each customer's rows still go one batch after another through a single lane.
+
+A transient failure schedules a retry with capped exponential backoff and full jitter
+(or the sink's `Retry-After`); the customer's later rows wait behind it while other
+customers keep flowing, and once the sink takes a batch again (in any lane) every
+waiting retry falls due at once. A batch refused for good is split in halves, down to
+single records, so that only the records refused on their own go to the dead letters
+(with a code-502 alarm each); so does a row past its attempts or age.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import threading
@@ -30,7 +34,7 @@ from bridge.errors import BrokerError, Partial, PublishRefused, SinkError
 from bridge.metrics import Metrics
 from bridge.sinks import Refused, Route, Sink
 from bridge.sinks.base import PublishBatch
-from bridge.spool import Row, Spool, SpoolError
+from bridge.spool import WHOLE, Lane, Row, Spool, SpoolError
 
 Publish = Callable[[str, bytes, int, bool], None]
 
@@ -39,8 +43,9 @@ Publish = Callable[[str, bytes, int, bool], None]
 class Target:
     """A sink with the route that feeds it and its batch size.
 
-    `lock` is held for every hand-over to the sink, so the intake's direct deliveries and
-    the worker's never reach the sink at the same time.
+    `lock` is held for every hand-over to a sink of one lane, so the intake's direct
+    deliveries and the worker's never reach the sink at the same time; a sink with lanes
+    takes hand-overs at once, and is never direct.
     """
 
     sink: Sink
@@ -49,6 +54,8 @@ class Target:
     linger: float = 0.0
     hold: bool = False
     """Whether a customer's later events wait behind its dead letter at this sink."""
+    lanes: int = 1
+    """Workers delivering to this sink at once, each for its own share of the customers."""
     lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     @property
@@ -59,6 +66,12 @@ class Target:
         linger, which asks for batches the intake would not make.
         """
         return bool(getattr(self.sink, "direct", False)) and self.linger == 0
+
+    def __post_init__(self) -> None:
+        # A direct hand-over by the intake waits for nothing of the sink in the spool, which
+        # with lanes would be another lane's rows: the config refuses lanes for such sinks.
+        if self.lanes > 1 and self.direct:
+            raise ValueError(f"sink {self.sink.name} is handed events directly: one lane only")
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,13 +147,18 @@ class Worker:
         beat: Callable[[], None] = lambda: None,
         linger: float = 0.0,
         hold: bool = False,
+        lane: Lane = WHOLE,
+        retrying: threading.Event | None = None,
     ) -> None:
         self.name = name
+        self.lane = lane
         self._send = send
         self._spool = spool
         self._config = config
         self._stopping = stopping
-        self._log = logger.bind(sink=name)
+        self._log = (
+            logger.bind(sink=name) if lane.count == 1 else logger.bind(sink=name, lane=lane.index)
+        )
         self._batch_size = batch_size
         self._gave_up = gave_up
         self._kind = kind
@@ -150,13 +168,21 @@ class Worker:
         self._linger = linger
         self._hold = hold
         self._undeleted: list[int] = []
-        self._waiting_retries = False  # a retry is scheduled: hasten it once the sink answers
+        # Set once a retry is scheduled, so that it is hastened once the sink answers again;
+        # shared by a sink's lanes, since any lane's delivery says the sink answers.
+        self._retrying = retrying or threading.Event()
         self._given_up_now: set[str] = set()  # customers dead-lettered in the batch in hand
         self.delivered = 0
         self.direct = 0
         self.retries = 0
         self.dead = 0
-        self._thread = threading.Thread(target=self._run, name=f"deliver-{name}", daemon=True)
+        self.thread_name = lane_thread(name, lane)
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+
+    @property
+    def thread_names(self) -> list[str]:
+        """The worker's thread, as the watchdog knows it."""
+        return [self.thread_name]
 
     def start(self) -> None:
         """Start the worker thread."""
@@ -187,7 +213,7 @@ class Worker:
 
     def _idle(self) -> None:
         version = self._spool.version_of(self.name)
-        next_at = self._spool.next_due(self.name)
+        next_at = self._spool.next_due(self.name, self.lane)
         # A short floor: a retry already due but blocked behind another must not spin.
         timeout = 1.0 if next_at is None else min(1.0, max(0.05, next_at - time.time()))
         self._spool.wait_for_change(version, timeout, self.name)
@@ -199,7 +225,7 @@ class Worker:
             # anything, or the same batch would go out again every second.
             self._spool.done(self._undeleted)
             self._undeleted = []
-        rows = self._spool.due(self.name, self._batch_size, hold=self._hold)
+        rows = self._spool.due(self.name, self._batch_size, hold=self._hold, lane=self.lane)
         if not rows:
             return False
         if self._linger > 0:
@@ -217,7 +243,7 @@ class Worker:
         if not rows:
             return True
         try:
-            refused = self._send(rows)
+            refused = self._hand_over(rows)
         except Partial as partial:
             # The first rows went out: record them, so a retry does not send them twice.
             self._answered(rows[: partial.taken], partial.refused)
@@ -256,6 +282,15 @@ class Worker:
             self._refused(given_up, reason)
         self._delivered(good)
 
+    def _hand_over(self, rows: Sequence[Row]) -> Refused | None:
+        if self._metrics is None:
+            return self._send(rows)
+        self._metrics.sending(self.name, self._kind, 1)
+        try:
+            return self._send(rows)
+        finally:
+            self._metrics.sending(self.name, self._kind, -1)
+
     def _unheld(self, rows: Sequence[Row]) -> Sequence[Row]:
         # With holding, a customer just dead-lettered sends nothing more of this batch: its
         # later rows stay in the outbox, held by the dead letter (see Spool.due).
@@ -276,9 +311,9 @@ class Worker:
             oldest = time.time() - min(row.created for row in rows)
             self._metrics.delivered(self.name, self._kind, len(rows), oldest)
         self._log.debug("delivered", records=len(rows), attempt=rows[0].attempts + 1)
-        if self._waiting_retries:
+        if self._retrying.is_set():
             # The sink answers again: what waits for a retry goes now, not when its timer ends.
-            self._waiting_retries = False
+            self._retrying.clear()
             hastened = self._spool.hasten(self.name)
             if hastened:
                 self._log.info("retries_hastened", records=hastened)
@@ -300,7 +335,7 @@ class Worker:
             version = self._spool.version_of(self.name)
             self._spool.wait_for_change(version, min(remaining, 1.0), self.name)
             self._beat()
-            rows = self._spool.due(self.name, self._batch_size)
+            rows = self._spool.due(self.name, self._batch_size, hold=self._hold, lane=self.lane)
         return rows
 
     def _exhausted(self, row: Row, now: float) -> bool:
@@ -343,7 +378,7 @@ class Worker:
         else:
             delay = backoff(attempts, self._config, self._rand)
         self._spool.retry([row.id for row in retrying], now + delay, failure.reason)
-        self._waiting_retries = True
+        self._retrying.set()
         self.retries += 1
         if self._metrics is not None:
             self._metrics.retried(self.name, self._kind)
@@ -357,12 +392,127 @@ class Worker:
         )
 
 
+def lane_thread(name: str, lane: Lane) -> str:
+    """The thread (and watchdog component) of a lane: `deliver-NAME`, `deliver-NAME/1`, ..."""
+    return f"deliver-{name}" if lane.index == 0 else f"deliver-{name}/{lane.index}"
+
+
+class Lanes:
+    """The workers of one sink, one per lane, seen from outside as one worker."""
+
+    def __init__(
+        self,
+        name: str,
+        make: Callable[[Lane, threading.Event, threading.Event], Worker],
+        count: int,
+    ) -> None:
+        self.name = name
+        stopping = threading.Event()
+        retrying = threading.Event()
+        self.lanes = [make(Lane(index, count), stopping, retrying) for index in range(count)]
+
+    @property
+    def thread_names(self) -> list[str]:
+        """The lanes' threads, as the watchdog knows them."""
+        return [lane.thread_name for lane in self.lanes]
+
+    @property
+    def delivered(self) -> int:
+        """Records the lanes delivered from the spool."""
+        return sum(lane.delivered for lane in self.lanes)
+
+    @property
+    def direct(self) -> int:
+        """Records the intake handed to the sink itself."""
+        return sum(lane.direct for lane in self.lanes)
+
+    @property
+    def retries(self) -> int:
+        """Retries the lanes scheduled."""
+        return sum(lane.retries for lane in self.lanes)
+
+    @property
+    def dead(self) -> int:
+        """Records the lanes gave up on."""
+        return sum(lane.dead for lane in self.lanes)
+
+    def step(self) -> bool:
+        """Send one batch in each lane that has one due; False when none had."""
+        stepped = [lane.step() for lane in self.lanes]  # every lane, not up to the first
+        return any(stepped)
+
+    def taken_directly(self, records: int) -> None:
+        """Count records the intake handed to the sink itself (one lane only, see Target)."""
+        self.lanes[0].taken_directly(records)
+
+    def start(self) -> None:
+        """Start every lane."""
+        for lane in self.lanes:
+            lane.start()
+
+    def stop(self) -> None:
+        """Ask every lane to stop after the batch in hand."""
+        for lane in self.lanes:
+            lane.stop()
+
+    def join(self, timeout: float) -> None:
+        """Wait, `timeout` in all, for the lanes to finish their batches."""
+        deadline = time.monotonic() + timeout
+        for lane in self.lanes:
+            lane.join(max(0.0, deadline - time.monotonic()))
+
+
+def sink_workers(
+    target: Target,
+    spool: Spool,
+    config: DeliveryConfig,
+    logger: structlog.typing.FilteringBoundLogger,
+    *,
+    gave_up: Callable[[Sequence[Row], str], list[NewRow]],
+    metrics: Metrics | None = None,
+    beat_for: Callable[[str], Callable[[], None]] = lambda _thread: lambda: None,
+) -> Worker | Lanes:
+    """The worker of a target, or its lanes: one worker per lane, sharing a stop and the
+    knowledge that a retry waits."""
+    # One lane keeps the lock the intake's direct hand-overs share; lanes send at once.
+    send = sink_sender(target.sink, target.lock if target.lanes == 1 else None)
+    name = target.sink.name
+
+    def lane_worker(
+        lane: Lane, stopping: threading.Event, retrying: threading.Event | None = None
+    ) -> Worker:
+        return Worker(
+            name,
+            send,
+            spool,
+            config,
+            stopping,
+            logger,
+            batch_size=target.batch_size,
+            gave_up=gave_up,
+            kind="event",
+            metrics=metrics,
+            beat=beat_for(lane_thread(name, lane)),
+            linger=target.linger,
+            hold=target.hold,
+            lane=lane,
+            retrying=retrying,
+        )
+
+    if target.lanes == 1:
+        return lane_worker(WHOLE, threading.Event())
+    return Lanes(name, lane_worker, target.lanes)
+
+
 def sink_sender(
     sink: Sink, lock: threading.Lock | None = None
 ) -> Callable[[Sequence[Row]], Refused | None]:
-    """Hand rows to a sink: as their stored JSON to a sink that takes it, else as events."""
+    """Hand rows to a sink: as their stored JSON to a sink that takes it, else as events.
+
+    `lock` is held for each hand-over; without one, hand-overs may overlap (lanes).
+    """
     json_only = takes_json(sink)
-    guard = lock or threading.Lock()
+    guard: contextlib.AbstractContextManager[object] = lock or contextlib.nullcontext()
 
     def send(rows: Sequence[Row]) -> Refused | None:
         # Rows are decoded into events only for a sink that wants events.

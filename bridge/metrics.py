@@ -204,6 +204,18 @@ class Metrics:
             ["sink"],
             registry=r,
         )
+        self.in_flight = Gauge(
+            "bridge_sink_in_flight",
+            "Batches handed to a sink and not yet answered",
+            ["sink"],
+            registry=r,
+        )
+        self.lanes = Gauge(
+            "bridge_sink_lanes",
+            "Delivery lanes of a sink: how many batches it may have in flight at once",
+            ["sink"],
+            registry=r,
+        )
         self.delivery_age = Histogram(
             "bridge_delivery_seconds",
             "Seconds from spooling to delivery, per batch, of its oldest record",
@@ -232,9 +244,13 @@ class Metrics:
         self._scraped = _Scraped()
         r.register(self._scraped)
 
-    def declare_sinks(self, names: Sequence[str]) -> None:
-        """Create every series of these sinks at 0, so that they exist before any event."""
-        for name in names:
+    def declare_sinks(self, names: Sequence[str], lanes: Sequence[int] = ()) -> None:
+        """Create every series of these sinks at 0, so that they exist before any event;
+        `lanes` gives each sink's lane count (1 for those it does not reach)."""
+        counts = list(lanes) + [1] * (len(names) - len(lanes))
+        for name, count in zip(names, counts, strict=True):
+            self.in_flight.labels(sink=name).set(0)
+            self.lanes.labels(sink=name).set(count)
             self.forwarded.labels(sink=name)
             self.retries.labels(sink=name)
             self.dead_letters.labels(sink=name)
@@ -249,6 +265,11 @@ class Metrics:
         self.forwarded.labels(sink=target).inc(records)
         self.failing.labels(sink=target).set(0)
         self.delivery_age.labels(sink=target).observe(max(0.0, oldest_age))
+
+    def sending(self, target: str, kind: str, change: int) -> None:
+        """A batch was handed to the target (`change` 1) or answered (-1)."""
+        if kind != ALARM_KIND:
+            self.in_flight.labels(sink=target).inc(change)
 
     def taken_directly(self, target: str, records: int) -> None:
         """The intake handed `records` to a local sink itself (no spool row, no retry)."""

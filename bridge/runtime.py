@@ -24,7 +24,15 @@ from bridge import config as config_module
 from bridge.config import Config
 from bridge.core.outbox import ALARMS, NewRow
 from bridge.core.pipeline import Pipeline
-from bridge.delivery import Target, Worker, alarm_sender, give_up_alarms, sink_sender
+from bridge.delivery import (
+    Lanes,
+    Target,
+    Worker,
+    alarm_sender,
+    give_up_alarms,
+    lane_thread,
+    sink_workers,
+)
 from bridge.errors import ConfigError
 from bridge.health import HealthServer
 from bridge.intake import connection as intake_connection
@@ -36,7 +44,7 @@ from bridge.mqtt import Publisher
 from bridge.sdnotify import Notifier, Watchdog
 from bridge.signals import requested as early_stop
 from bridge.sinks import SinkContext, build_sinks
-from bridge.spool import Row, Spool
+from bridge.spool import WHOLE, Row, Spool
 from bridge.status import Stats, Status
 
 if TYPE_CHECKING:
@@ -98,7 +106,7 @@ class Bridge:
             room_ok=lambda: self.spool.room_ok,
         )
         self.targets = self._build_targets(config)
-        self.workers = [self._sink_worker(t, config) for t in self.targets]
+        self.workers: list[Worker | Lanes] = [self._sink_worker(t, config) for t in self.targets]
         self.workers.append(
             Worker(
                 ALARMS,
@@ -111,7 +119,7 @@ class Bridge:
                 gave_up=lambda _rows, _reason: [],
                 kind="alarm",
                 metrics=self.metrics,
-                beat=self._beat_for(ALARMS),
+                beat=self._beat_for(lane_thread(ALARMS, WHOLE)),
             )
         )
         processes = config.validation.workers
@@ -137,7 +145,9 @@ class Bridge:
             )
         else:
             self.connection = connection(self.intake)
-        self.metrics.declare_sinks([target.sink.name for target in self.targets])
+        self.metrics.declare_sinks(
+            [target.sink.name for target in self.targets], [t.lanes for t in self.targets]
+        )
         self.metrics.watch(
             pending=lambda: self.spool.pending,
             oldest=self.spool.oldest_age,
@@ -301,25 +311,26 @@ class Bridge:
         )
         sinks = build_sinks(config.sinks, context)
         return [
-            Target(sink, entry.route, entry.batch_size, entry.linger, entry.after_give_up == "hold")
+            Target(
+                sink,
+                entry.route,
+                entry.batch_size,
+                entry.linger,
+                entry.after_give_up == "hold",
+                entry.lanes,
+            )
             for sink, entry in zip(sinks, config.sinks, strict=True)
         ]
 
-    def _sink_worker(self, target: Target, config: Config) -> Worker:
-        return Worker(
-            target.sink.name,
-            sink_sender(target.sink, target.lock),
+    def _sink_worker(self, target: Target, config: Config) -> Worker | Lanes:
+        return sink_workers(
+            target,
             self.spool,
             config.delivery,
-            threading.Event(),
             self.log,
-            batch_size=target.batch_size,
             gave_up=functools.partial(self._give_up_alarms, target.sink.name),
-            kind="event",
             metrics=self.metrics,
-            beat=self._beat_for(target.sink.name),
-            linger=target.linger,
-            hold=target.hold,
+            beat_for=self._beat_for,
         )
 
     def _taken_directly(self, sink: str, count: int) -> None:
@@ -327,8 +338,7 @@ class Bridge:
         if worker is not None:
             worker.taken_directly(count)
 
-    def _beat_for(self, worker: str) -> Callable[[], None]:
-        name = f"deliver-{worker}"
+    def _beat_for(self, name: str) -> Callable[[], None]:
         self.watchdog.register(name)
         return functools.partial(self.watchdog.beat, name)
 
@@ -377,14 +387,17 @@ class Bridge:
                 update={"sinks": new.sinks, "delivery": new.delivery}
             )
         for worker in old_workers:
-            self.watchdog.unregister(f"deliver-{worker.name}")
+            for name in worker.thread_names:
+                self.watchdog.unregister(name)
             worker.stop()
         for worker in old_workers:
             worker.join(DRAIN_TIMEOUT)
         for target in old_targets:
             with contextlib.suppress(Exception):
                 target.sink.close()
-        self.metrics.declare_sinks([target.sink.name for target in targets])
+        self.metrics.declare_sinks(
+            [target.sink.name for target in targets], [t.lanes for t in targets]
+        )
         fresh = [self._sink_worker(t, self.config) for t in targets]
         self.workers = fresh + [w for w in self.workers if w.name == ALARMS]
         for worker in fresh:

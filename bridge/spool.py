@@ -28,7 +28,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +44,12 @@ RAW_PAYLOAD_LIMIT = 4096
 MiB = 1024 * 1024
 _SQLITE_FULL = 13
 _ROW = "id, target, okey, body, created, attempts, next_at"
+# The claim scan: keys and retry times only, through the (target, id) index. With lanes, the
+# lane predicate filters what that index walk finds; it is never a condition of its own to plan.
+_DUE_PAGE = "SELECT id, okey, next_at FROM outbox WHERE target = ? AND id > ?"
+_IN_LANE = " AND lane_of(okey, ?) = ?"
+_BY_ID = " ORDER BY id LIMIT ?"
+_NEXT_RETRY = "SELECT MIN(next_at) FROM outbox WHERE target = ? AND attempts > 0"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -104,8 +111,44 @@ def _migrate_payload_metadata(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE IF NOT EXISTS tally (name TEXT PRIMARY KEY, n INTEGER NOT NULL)")
 
 
+def lane_of(okey: str, lanes: int) -> int:
+    """The delivery lane (0 to `lanes` - 1) of an ordering key: CRC-32 of its UTF-8, so the
+    same customer has the same lane in every process, version and restart."""
+    return zlib.crc32(okey.encode("utf-8")) % lanes if lanes > 1 else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """One of `count` lanes of a sink: it owns the customers whose key hashes to `index`."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"lane {self.index} is not one of {self.count}")
+
+    def owns(self, okey: str) -> bool:
+        """Whether rows with this ordering key go through this lane."""
+        return lane_of(okey, self.count) == self.index
+
+    def where(self) -> tuple[str, tuple[int, ...]]:
+        """The SQL predicate (and its parameters) of this lane's rows; none for a lone lane."""
+        if self.count == 1:
+            return "", ()
+        return _IN_LANE, (self.count, self.index)
+
+
+WHOLE = Lane()
+"""The only lane of a sink without lanes: every row."""
+
+
 class SpoolError(BridgeError):
     """The spool could not be opened or written (unwritable directory, disk full)."""
+
+
+class SpoolFull(SpoolError):
+    """A write found the volume full even after the reserve and a checkpoint."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +311,9 @@ class Spool:
             self._db.execute(f"PRAGMA wal_autocheckpoint={pages}")
             self._log_limit = 2 * pages * self._page
             self._db.execute(f"PRAGMA journal_size_limit={self._log_limit}")
+            # Lanes are computed when rows are read, never stored: no column, no migration,
+            # and a sink's lane count may change between runs with nothing to rewrite.
+            self._db.create_function("lane_of", 2, lane_of, deterministic=True)
             self._db.executescript(_SCHEMA)
             _migrate_order(self._db)
             _migrate_payload_metadata(self._db)
@@ -566,28 +612,28 @@ class Spool:
         scan: int = 5000,
         *,
         hold: bool = False,
+        lane: Lane = WHOLE,
     ) -> list[Row]:
-        """Up to `limit` rows of `target` that may be sent now, oldest first.
+        """Up to `limit` rows of `target` in `lane` that may be sent now, oldest first.
 
         A row waits while an earlier row with the same ordering key is waiting (for
         its retry time, or outside this batch), so one customer's events never
         overtake each other; other customers' rows go on. With `hold`, a customer
         with a dead letter at `target` waits too, until it is replayed or purged.
+        A customer's rows are all in one lane, so each lane keeps this for its own.
         """
         at = now or time.time()
         chosen: list[int] = []
         after, scanned = 0, 0
         chunk = max(2 * limit, 64)
+        in_lane, lane_args = lane.where()
+        query = _DUE_PAGE + in_lane + _BY_ID
         with self._lock:
             blocked = self._held_keys(target) if hold else set()
             # Scan keys and retry times only, in chunks, until the batch is full; the
             # bodies are read for the chosen rows alone.
             while len(chosen) < limit and scanned < scan:
-                page = self._db.execute(
-                    "SELECT id, okey, next_at FROM outbox WHERE target = ? AND id > ?"
-                    " ORDER BY id LIMIT ?",
-                    (target, after, chunk),
-                ).fetchall()
+                page = self._db.execute(query, (target, after, *lane_args, chunk)).fetchall()
                 if not page:
                     break
                 for row_id, okey, next_at in page:
@@ -615,25 +661,37 @@ class Spool:
             ).fetchone()
         return row is not None
 
-    def next_due(self, target: str) -> float | None:
-        """When the earliest retry of `target` falls due (None when nothing waits)."""
+    def next_due(self, target: str, lane: Lane = WHOLE) -> float | None:
+        """When the earliest retry of `target` in `lane` falls due (None when nothing waits)."""
         # Only rows waiting for a retry: rows never tried (next_at 0) that wait behind a
         # customer's retrying row would otherwise make an idle worker spin.
+        in_lane, lane_args = lane.where()
+        query = _NEXT_RETRY + in_lane
         with self._lock:
-            row = self._db.execute(
-                "SELECT MIN(next_at) FROM outbox WHERE target = ? AND attempts > 0",
-                (target,),
-            ).fetchone()
+            row = self._db.execute(query, (target, *lane_args)).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
     def done(self, ids: Sequence[int]) -> None:
         """Delete delivered rows (marking the dead letters they overtook)."""
 
-        def delete(db: sqlite3.Connection) -> None:
-            _mark_overtaken(db, ids, time.time())
-            db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+        gone = 0
 
-        self._write(delete, -len(ids), frees=True)
+        def delete(db: sqlite3.Connection) -> None:
+            nonlocal gone
+            _mark_overtaken(db, ids, time.time())
+            gone = db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids]).rowcount
+
+        try:
+            # Counted as deleted, not as asked: a batch half deleted before is asked again whole.
+            self._write(delete, lambda: -gone, frees=True)
+        except SpoolFull:
+            if len(ids) == 1:
+                raise
+            # Rows spread over many pages (a sink's lanes each delete every Nth row) may need
+            # more log than a full volume has: in halves, each a smaller transaction.
+            middle = len(ids) // 2
+            self.done(ids[:middle])
+            self.done(ids[middle:])
 
     def retry(self, ids: Sequence[int], next_at: float, error: str) -> None:
         """Count a failed attempt and set when to try again."""
@@ -887,7 +945,9 @@ class Spool:
             self._db.close()
         self._notify(None)
 
-    def _write(self, change: Any, pending_delta: int, *, frees: bool = False) -> None:
+    def _write(
+        self, change: Any, pending_delta: int | Callable[[], int], *, frees: bool = False
+    ) -> None:
         # The workers' writes (a delivered row deleted, a retry, a dead letter). When the
         # disk is full, a write that makes progress (`frees`: rows delivered or given up)
         # gets the reserve and is tried once more, so that delivering goes on and frees room
@@ -908,9 +968,10 @@ class Spool:
                         released = self._release_reserve()
                         if self._checkpoint() or released:
                             continue
-                    raise SpoolError(f"cannot write the spool: {exc}") from None
+                    failed = SpoolFull if _disk_full(exc) else SpoolError
+                    raise failed(f"cannot write the spool: {exc}") from None
                 break
-            self._pending += pending_delta
+            self._pending += pending_delta if isinstance(pending_delta, int) else pending_delta()
 
     def _checkpoint(self) -> bool:
         # Called with the lock held: move the log into the database, so that no page waits

@@ -7,10 +7,10 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bridge.core.events import DownstreamEvent
 from bridge.core.routes import Route
@@ -105,6 +105,20 @@ class SinkConfigBase(BaseModel):
     after_give_up: Literal["flow", "hold"] = "flow"
     """What becomes of a customer's later events once one of theirs is a dead letter here:
     `flow` sends them on; `hold` keeps them waiting until it is replayed or purged."""
+    lanes: int = Field(default=1, ge=1, le=64)
+    """Batches in flight at once, each lane owning the customers whose key hashes to it."""
+
+    concurrent: ClassVar[bool] = False
+    """Whether the sink built from this config takes several batches at once from several
+    threads (lanes above 1). A local sink (a file) and one holding a single connection or
+    session do not."""
+
+    @model_validator(mode="after")
+    def _lanes_supported(self) -> SinkConfigBase:
+        if self.lanes > 1 and not self.concurrent:
+            kind = getattr(self, "type", type(self).__name__)
+            raise ValueError(f"lanes: a {kind} sink takes one batch at a time (lanes: 1)")
+        return self
 
 
 MAX_RETRY_AFTER = 24 * 3600.0

@@ -11,7 +11,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -95,6 +95,9 @@ class WebhookConfig(SinkConfigBase):
 
     # The URL, headers and secrets may hold credentials: keep them out of errors.
     model_config = ConfigDict(hide_input_in_errors=True)
+
+    # One kept-alive connection per lane from httpx's pool; a send holds no state of its own.
+    concurrent: ClassVar[bool] = True
 
     type: Literal["webhook"]
     url: Url = Field(repr=False)

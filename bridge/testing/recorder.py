@@ -93,6 +93,9 @@ class Recorder:
         self.requests: list[Request] = []
         self.connections = 0
         """Connections accepted so far."""
+        self.most_in_flight = 0
+        """The most requests it has had in hand at once (several lanes, a pool)."""
+        self._in_flight = 0
         self._lock = threading.Lock()
         self._released = threading.Event()
         self._open: set[socket.socket] = set()
@@ -198,9 +201,13 @@ class Recorder:
         return server
 
     def _answer(self, request: Request) -> Answer:
+        with self._lock:
+            self._in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self._in_flight)
         if self.delay:
             self._released.wait(self.delay)
         with self._lock:
+            self._in_flight -= 1
             answer = self.respond(request)
             self.requests.append(replace(request, status=answer.status, answer=answer.body))
         return answer
