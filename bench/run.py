@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--messages", type=int, help="backlog size of a drain (100000)")
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--skip-node-red", action="store_true", help="leave out the peer")
-    parser.add_argument("--rates", default="1000,3000", help="steady rates, msgs/s")
+    parser.add_argument("--rates", default="1000,5000", help="steady rates, msgs/s")
     parser.add_argument("--steady-seconds", type=float, help="seconds per steady rate (30)")
     parser.add_argument(
         "--receive-maximum",
@@ -60,8 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated subset: limit,receiver,jsonl,webhook,mirror-sqlite,"
-        "mirror-postgresql,node-red,shared,steady",
+        help="comma-separated subset: limit,receiver,mosquitto_sub,jsonl,jsonl-one,bulk,webhook,"
+        "mirror-sqlite,mirror-postgresql,node-red,shared,steady (jsonl-one: worker processes "
+        "off; bulk: 100 records per envelope)",
     )
     parser.add_argument("--soak", action="store_true", help="only the soak (RSS over time)")
     parser.add_argument("--soak-minutes", type=float, default=10.0)
@@ -208,8 +210,11 @@ def drain_table(drains: list[Drain], limit_rate: float | None, peer: Drain | Non
         "| x Node-RED | CPU µs/msg | cores used (host busy) | RSS MB | outputs | check |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+    # Bulk rows compare with the bare subscriber on the same bulk backlog.
+    bulk_limit = next((d.rate for d in drains if d.consumer == "bulk: bare paho subscriber"), 0)
     for d in drains:
-        vs_limit = d.rate / limit_rate if limit_rate else None
+        base = bulk_limit if d.consumer.startswith("bulk:") else limit_rate
+        vs_limit = d.rate / base if base else None
         vs_peer = d.rate / peer.rate if peer and peer.rate else None
         summary = d.to_dict()
         check = d.check
@@ -358,8 +363,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def full(args: argparse.Namespace, work: Path, document: dict[str, Any], started: float) -> int:
     wanted = args.only_set or {
-        "limit", "receiver", "jsonl", "webhook", "mirror-sqlite", "mirror-postgresql",
-        "node-red", "shared", "steady",
+        "limit", "receiver", "mosquitto_sub", "jsonl", "jsonl-one", "bulk", "webhook",
+        "mirror-sqlite", "mirror-postgresql", "node-red", "shared", "steady",
     }  # fmt: skip
     if args.skip_node_red:
         wanted.discard("node-red")
@@ -382,11 +387,28 @@ def full(args: argparse.Namespace, work: Path, document: dict[str, Any], started
         )
         drains.append(receiver)
         log(f"  {receiver.rate:,.0f} msgs/s")
+    sub = None
+    if "mosquitto_sub" in wanted:
+        log("drain (a3): mosquitto_sub, the C client (the physical reference) ...")
+        sub = scenarios.drain_mosquitto_sub(work / "mosquitto_sub", envelopes, args.receive_maximum)
+        drains.append(sub)
+        log(f"  {sub.rate:,.0f} msgs/s")
     if "jsonl" in wanted:
         log("drain (b): bridge, jsonl sink, spool on (default config) ...")
         bridge = scenarios.drain_bridge(work / "jsonl", envelopes, sink="jsonl")
         drains.append(bridge)
         log(f"  {bridge.rate:,.0f} msgs/s")
+    one = None
+    if "jsonl-one" in wanted:
+        log("drain (b1): bridge, jsonl sink, one process (validation.workers=0) ...")
+        one = one_process(lambda: scenarios.drain_bridge(work / "jsonl-one", envelopes))
+        one.consumer += " (one process)"
+        drains.append(one)
+        log(f"  {one.rate:,.0f} msgs/s")
+    bulk: dict[str, Drain] = {}
+    if "bulk" in wanted:
+        bulk = drain_bulk(args, work)
+        drains.extend(bulk.values())
     if "webhook" in wanted:
         log("drain (c): bridge, webhook sink to a loopback server ...")
         hook = scenarios.drain_bridge(work / "webhook", envelopes, sink="webhook")
@@ -437,6 +459,15 @@ def full(args: argparse.Namespace, work: Path, document: dict[str, Any], started
         "intake_client_vs_limit": round(receiver.rate / limit_rate, 3)
         if receiver and limit_rate
         else None,
+        "bridge_one_process_vs_limit": round(one.rate / limit_rate, 3)
+        if one and limit_rate
+        else None,
+        "mosquitto_sub_vs_limit": round(sub.rate / limit_rate, 3) if sub and limit_rate else None,
+        **{
+            f"bulk_{name}_vs_bulk_limit": round(d.rate / bulk["limit"].rate, 3)
+            for name, d in bulk.items()
+            if name != "limit" and bulk["limit"].rate
+        },
         "bridge_vs_node_red": round(bridge.rate / peer.rate, 3)
         if bridge and peer and peer.rate
         else None,
@@ -464,6 +495,35 @@ def full(args: argparse.Namespace, work: Path, document: dict[str, Any], started
     print(report(document, drains, limit_rate, peer, steady_results))
     print(f"\nresults: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return 0
+
+
+def one_process(run: Callable[[], Drain]) -> Drain:
+    """Run a bridge drain with the worker processes off (whatever --bridge-set says)."""
+    saved = dict(scenarios.OVERRIDES)
+    scenarios.OVERRIDES["validation.workers"] = 0
+    try:
+        return run()
+    finally:
+        scenarios.OVERRIDES.clear()
+        scenarios.OVERRIDES.update(saved)
+
+
+def drain_bulk(args: argparse.Namespace, work: Path) -> dict[str, Drain]:
+    """A bulk import: envelopes of 100 records each (one per 50 messages of the run), drained
+    by the bare subscriber and by the bridge (default config and one process); records/s
+    ratios are msgs/s ratios, every envelope holding the same 100 records."""
+    count = max(args.messages // 50, 20)
+    log(f"bulk: {count:,} envelopes of 100 records ...")
+    envelopes = traffic.make_bulk(count)
+    limit = scenarios.drain_bare(work / "bulk-limit", envelopes, args.receive_maximum)
+    limit.consumer = "bulk: bare paho subscriber"
+    bridge = scenarios.drain_bridge(work / "bulk-jsonl", envelopes)
+    bridge.consumer = "bulk: bridge, jsonl sink"
+    one = one_process(lambda: scenarios.drain_bridge(work / "bulk-jsonl-one", envelopes))
+    one.consumer = "bulk: bridge, jsonl sink (one process)"
+    for drain in (limit, bridge, one):
+        log(f"  {drain.consumer}: {drain.rate * 100:,.0f} records/s")
+    return {"limit": limit, "jsonl": bridge, "jsonl_one": one}
 
 
 def report(

@@ -402,6 +402,52 @@ def _drain_subscriber(
     )
 
 
+def drain_mosquitto_sub(
+    workdir: Path, envelopes: Sequence[Envelope], receive_maximum: int
+) -> Drain:
+    """The physical reference: the C client `mosquitto_sub` drains the backlog and prints
+    one line per message (its topic); libmosquitto acknowledges on receipt."""
+    binary = shutil.which("mosquitto_sub")
+    if binary is None:
+        raise RuntimeError("mosquitto_sub not found (Debian: apt-get install mosquitto-clients)")
+    client_id = "bench-mosquitto-sub"
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = workdir / "topics.txt"
+    with Mosquitto(workdir / "broker") as broker:
+        prime_session(broker, client_id, [BRIDGE_FILTER])
+        _backlog(broker, envelopes)
+        broker_rss = broker.rss_mb()
+        meter = HostMeter(broker)
+        command = [
+            binary, "-h", broker.host, "-p", str(broker.port), "-V", "5", "-q", "1", "-c",
+            "-x", "3600", "-i", client_id, "-t", BRIDGE_FILTER, "-F", "%t",
+            "-C", str(len(envelopes)), "-W", str(int(_timeout_for(len(envelopes)))),
+            "-D", "connect", "receive-maximum", str(receive_maximum),
+        ]  # fmt: skip
+        started = time.monotonic_ns()
+        with out.open("wb") as sink:
+            proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.PIPE)
+            _pid, _status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(_status)
+        ended = time.monotonic_ns()
+        host = meter.stop()
+    lines = out.read_bytes().count(b"\n")
+    return Drain(
+        consumer="mosquitto_sub (the C client)",
+        messages=len(envelopes),
+        finished=lines >= len(envelopes),
+        seconds=(ended - started) / 1e9,
+        first_output_s=None,
+        outputs=lines,
+        expected_outputs=len(envelopes),
+        cpu_s=usage.ru_utime + usage.ru_stime,
+        rss_mb=usage.ru_maxrss / 1024,
+        broker_rss_mb=broker_rss,
+        check={"exit": proc.returncode},
+        host=host,
+    )
+
+
 class MirrorProbe:
     """The mirror's database for a drain (a file, or a throwaway PostgreSQL) and its counters."""
 

@@ -306,3 +306,29 @@ def envelope_schema() -> dict[str, Any]:
             },
         },
     }
+
+
+def make_bulk(count: int, *, records: int = 100, seed: int = 11) -> list[Envelope]:
+    """`count` valid add envelopes of `records` records each: a bulk import."""
+    rng = random.Random(seed)
+    standard = [t for t in inbound_topics() if "business-model" in t]
+    made = []
+    for n in range(count):
+        msg_id = f"bulk-{n:07d}"
+        topic = rng.choice(standard)
+        project = topic.split("/")[1].removeprefix("proj_")
+        document: dict[str, Any] = {
+            "msgId": msg_id,
+            "reportTs": 1661154622,
+            "profile": dict(PROFILE),
+            "events": {
+                "add": {
+                    "eventTs": 1661154622000,
+                    "eventType": 1,
+                    "customerList": [_record(rng, "add", project, False) for _ in range(records)],
+                }
+            },
+        }
+        payload = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+        made.append(Envelope(topic, payload, msg_id, records, 0, True))
+    return made

@@ -86,6 +86,7 @@ def digest(outcome: Outcome, payload: bytes) -> Digest:
         key = dedup_key(outcome.msg_id, outcome.topic, payload)
         if outcome.undecodable:
             raw = outcome.errors[0].reason if outcome.errors else "unreadable"
+    floats = outcome.floats
     forward = tuple(
         Forward(
             str(event.op),
@@ -94,7 +95,7 @@ def digest(outcome: Outcome, payload: bytes) -> Digest:
             event.project_id,
             event.vendor,
             ordering_key(event),
-            encode_event(event),
+            encode_event(event, floats=floats),
         )
         for event in outcome.forward
     )

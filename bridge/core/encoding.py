@@ -61,10 +61,13 @@ def ordering_key(event: DownstreamEvent) -> str:
     return "\x1f".join((event.tenant, event.project_id, event.customer_id))
 
 
-def encode_event(event: DownstreamEvent) -> str:
-    """An event as the compact JSON the spool keeps and the jsonl sink writes."""
+def encode_event(event: DownstreamEvent, *, floats: bool = True) -> str:
+    """An event as the compact JSON the spool keeps and the jsonl sink writes.
+
+    `floats` False: the payload it came from held no float, so the record needs no look.
+    """
     # Only the record can hold a float: the rest is strings and normalised integers.
-    return _encode(event.to_dict(), _holds_float(event.customer))
+    return _encode(event.to_dict(), floats and _holds_float(event.customer))
 
 
 def alarm_body(alarm: Alarm) -> str:

@@ -46,6 +46,8 @@ class Outcome:
     alarms: tuple[Alarm, ...] = ()
     rejected: int = 0
     errors: tuple[FieldError, ...] = field(default=(), repr=False)
+    floats: bool = True
+    """Whether a forwarded record may hold a float (False: the payload held none)."""
 
     @property
     def undecodable(self) -> bool:
@@ -155,4 +157,5 @@ class Pipeline:
             alarms=tuple(raised),
             rejected=rejected,
             errors=tuple(errors),
+            floats=result.floats,
         )

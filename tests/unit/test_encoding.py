@@ -12,6 +12,7 @@ from bridge.core.encoding import encode_event, encode_json
 from bridge.core.events import DownstreamEvent
 from bridge.core.records import Op
 from bridge.core.topics import TopicKind
+from bridge.core.validate import Rules, _decode
 
 
 def standard(value: object) -> str:
@@ -62,3 +63,46 @@ def test_floats_keep_the_standard_exponent_form() -> None:
         encode_json(value)
         == '{"a":1e+16,"b":1e-05,"c":' + str(10**40) + ',"d":-0.0,"e":3.141592653589793}'
     )
+
+
+def holds_surrogate(text: str) -> bool:
+    """Whether a JSON text holds a lone surrogate, raw or as an escape."""
+    lowered = text.lower()
+    return (
+        any(0xD800 <= ord(c) <= 0xDFFF for c in text)
+        or "\\ud8" in lowered
+        or any(f"\\u{hi}" in lowered for hi in ("d9", "da", "db", "dc", "dd", "de", "df"))
+    )
+
+
+def holds_float(value: object) -> bool:
+    """Whether a float sits anywhere in `value`."""
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(holds_float(v) for v in value.values())
+    if isinstance(value, list):
+        return any(holds_float(v) for v in value)
+    return False
+
+
+@settings(max_examples=500)
+@given(JSON, st.booleans())
+def test_the_fast_parse_reads_a_document_as_the_standard_parser_does(
+    value: object, ascii_only: bool
+) -> None:
+    """msgspec's parse gives json.loads's document (big integers exact) and says no float
+    only when there is none, so the encoder may skip looking for one."""
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    payload = text.encode("utf-8", "surrogatepass")  # a lone surrogate: not UTF-8, refused
+    rules = Rules(max_depth=1000)
+    expected = json.loads(text)
+    try:
+        document, _flawed, floats = _decode(payload, rules)
+    except ValueError:  # a lone surrogate, raw or escaped: refused on either path
+        assert holds_surrogate(text)
+        return
+    assert document == expected
+    assert repr(document) == repr(expected) or floats
+    if holds_float(expected):
+        assert floats
