@@ -126,6 +126,7 @@ class MobileEventsSink:
     """
 
     direct = False
+    concurrent = True
 
     def __init__(
         self,

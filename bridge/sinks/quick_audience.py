@@ -124,6 +124,7 @@ class QuickAudienceSink:
     """
 
     direct = False
+    concurrent = True
 
     def __init__(
         self,

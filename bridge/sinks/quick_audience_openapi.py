@@ -173,6 +173,7 @@ class QuickAudienceOpenApiSink:
     """
 
     direct = False
+    concurrent = True
 
     def __init__(
         self,

@@ -48,6 +48,9 @@ class RepublishConfig(SinkConfigBase):
 class RepublishSink:
     """Publishes each event as JSON; a segment that is unsafe in a topic is a permanent failure."""
 
+    direct = False
+    concurrent = False
+
     def __init__(self, name: str, publish: Publish, template: str, qos: int, retain: bool) -> None:
         self.name = name
         self._publish = publish

@@ -179,6 +179,7 @@ class WebhookSink:
     """
 
     direct = False
+    concurrent = True
 
     def __init__(
         self,
