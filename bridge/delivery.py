@@ -32,7 +32,7 @@ from bridge.core.events import DownstreamEvent
 from bridge.core.outbox import NewRow, alarm_outbox_row
 from bridge.errors import BrokerError, Partial, PublishRefused, SinkError
 from bridge.metrics import Metrics
-from bridge.sinks import Refused, Route, Sink
+from bridge.sinks import JsonSink, Refused, Route, Sink
 from bridge.sinks.base import PublishBatch
 from bridge.spool import WHOLE, Lane, Row, Spool, SpoolError
 
@@ -65,13 +65,15 @@ class Target:
         Only sinks that say so (local and quick: a file, the log), and only without a
         linger, which asks for batches the intake would not make.
         """
-        return bool(getattr(self.sink, "direct", False)) and self.linger == 0
+        return self.sink.direct and self.linger == 0
 
     def __post_init__(self) -> None:
         # A direct hand-over by the intake waits for nothing of the sink in the spool, which
         # with lanes would be another lane's rows: the config refuses lanes for such sinks.
         if self.lanes > 1 and self.direct:
             raise ValueError(f"sink {self.sink.name} is handed events directly: one lane only")
+        if self.lanes > 1 and not self.sink.concurrent:
+            raise ValueError(f"sink {self.sink.name} takes one batch at a time: one lane only")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,15 +112,14 @@ def event_row(target: str, event: DownstreamEvent) -> NewRow:
 
 def takes_json(sink: Sink) -> bool:
     """Whether `sink` takes events as their encoded JSON (`send_json`), sparing the decode."""
-    return callable(getattr(sink, "send_json", None))
+    return isinstance(sink, JsonSink)
 
 
 def hand_over(
     sink: Sink, events: Sequence[DownstreamEvent], bodies: Sequence[str]
 ) -> Refused | None:
     """Give a batch to a sink: as encoded JSON to a sink that takes it, else as events."""
-    send_json = getattr(sink, "send_json", None)
-    answer = send_json(bodies) if callable(send_json) else sink.send(events)
+    answer = sink.send_json(bodies) if isinstance(sink, JsonSink) else sink.send(events)
     return answer if isinstance(answer, Refused) else None
 
 

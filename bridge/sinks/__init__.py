@@ -13,7 +13,7 @@ from pydantic import Field
 
 from bridge.core.routes import Route
 from bridge.errors import ConfigError
-from bridge.sinks.base import Refused, Sink, SinkConfigBase, SinkContext
+from bridge.sinks.base import JsonSink, Refused, Sink, SinkConfigBase, SinkContext
 from bridge.sinks.jsonl import JsonlConfig
 from bridge.sinks.log import LogConfig
 from bridge.sinks.mirror import MirrorConfig
@@ -38,6 +38,7 @@ SinkConfig = Annotated[
 ]
 
 __all__ = [
+    "JsonSink",
     "Refused",
     "Route",
     "Sink",

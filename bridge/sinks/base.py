@@ -37,18 +37,34 @@ class Sink(Protocol):
     other exception is treated as transient. A sink whose API reports per record returns
     `Refused` instead of raising.
 
-    A sink class may set `direct = True` when a hand-over is local and quick (a file,
-    the log): while none of its rows wait in the spool, the intake then gives it each
-    batch itself, before the commit, instead of going through the outbox.
+    Every sink class declares its capabilities, either way, as class attributes.
     """
 
     name: str
+    direct: bool
+    """True when a hand-over is local and quick (a file, the log): while none of its rows
+    wait in the spool, the intake then gives it each batch itself, before the commit,
+    instead of going through the outbox."""
+    concurrent: bool
+    """True when `send` (and `send_json`) may be called concurrently from different threads
+    (delivery lanes), each call with the events of other customers; a sink without it gets
+    one call at a time."""
 
     def send(self, events: Sequence[DownstreamEvent]) -> Refused | None:
         """Hand a batch of events to the downstream system."""
 
     def close(self) -> None:
         """Release what the sink holds (files, connections)."""
+
+
+@runtime_checkable
+class JsonSink(Sink, Protocol):
+    """A sink that also takes events as the compact SPEC 7 JSON the spool holds (one string
+    per event), so that the delivery layer neither decodes them nor the sink encodes them
+    again. `send_json(bodies)` must have the effect `send` has on the decoded events."""
+
+    def send_json(self, bodies: Sequence[str]) -> Refused | None:
+        """Hand a batch of encoded events to the downstream system."""
 
 
 Publish = Callable[[str, bytes, int, bool], None]

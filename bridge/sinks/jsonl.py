@@ -43,6 +43,7 @@ class JsonlSink:
 
     direct = True
     """Local and quick: the intake may hand it events itself while none of its rows wait."""
+    concurrent = False
 
     def __init__(self, name: str, path: Path, *, fsync: bool = False) -> None:
         self.name = name

@@ -28,6 +28,7 @@ class LogSink:
 
     direct = True
     """Local and quick: the intake may hand it events itself while none of its rows wait."""
+    concurrent = False
 
     def __init__(
         self, name: str, logger: structlog.typing.FilteringBoundLogger, level: str

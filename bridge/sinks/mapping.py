@@ -2,28 +2,24 @@
 
 The mapping is configuration: which operation gives which event code, which fields become
 identities (`customerIdList`) or event attributes, and the templates of the ids that let a
-platform recognise a batch sent twice (`outBizId`, a session id). The settings the platform
-sinks share (base URLs, credentials, an answer made safe to log) live here too.
+platform recognise a batch sent twice (`outBizId`, a session id). What the platform sinks
+share as HTTP clients (base URLs, credentials, an answer made safe to log) is in `http`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 import string
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bridge.core.events import DownstreamEvent
 from bridge.core.records import Op
 from bridge.errors import SinkError
-from bridge.secrets import Secret
 
 ATTRIBUTE_CONTEXT = frozenset(
     {"@tenant", "@projectId", "@op", "@kind", "@version", "@vendor", "@msgId"}
@@ -41,10 +37,6 @@ DEFAULT_IDENTITIES = {"phone": "MOBILE", "email": "EMAIL"}
 DEFAULT_OUT_BIZ_ID = "{msgId}:{op}:{id}"
 # Below this an epoch is in seconds: 10**11 ms is March 1973, 10**11 s the year 5138.
 _SECONDS_BELOW = 10**11
-_DIGITS = re.compile(r"\d{5,}")
-_EMAIL = re.compile(r"[^\s@]+@[^\s@]+")
-_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-_MAX_LOGGED = 200
 
 
 def placeholders(template: str) -> set[str]:
@@ -275,83 +267,3 @@ def event_time(event: DownstreamEvent) -> int:
         if value is not None:
             return value * 1000 if 0 <= value < _SECONDS_BELOW else value
     raise SinkError("a record has neither eventTs nor reportTs", permanent=True)
-
-
-# Settings the platform sinks share.
-
-
-def check_url(value: str, *, root_only: bool = False) -> str:
-    """A pydantic validator body for an http(s) base URL without credentials or query."""
-    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
-        raise ValueError("the URL cannot hold spaces or control characters")
-    parts = urlsplit(value)
-    if parts.scheme.lower() not in {"http", "https"}:
-        raise ValueError("the URL must start with http:// or https://")
-    if not parts.hostname:
-        raise ValueError("the URL has no host")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("credentials go in their own settings, not in the URL")
-    if parts.query or parts.fragment:
-        raise ValueError("the URL cannot hold a query or fragment")
-    if root_only and parts.path not in {"", "/"}:
-        raise ValueError("the signed API lives at the root: give scheme, host and port only")
-    try:
-        _ = parts.port
-        httpx.URL(value)
-    except (ValueError, httpx.InvalidURL):
-        raise ValueError("the URL is not valid") from None
-    return value
-
-
-def check_text(value: str) -> str:
-    """A value for a header, a query or a form: not empty, no line break or NUL."""
-    if not value.strip():
-        raise ValueError("the value is empty")
-    if any(ch in value for ch in "\r\n\x00"):
-        raise ValueError("the value holds a line break or NUL")
-    return value
-
-
-def check_secret(value: Secret) -> Secret:
-    """`check_text` for a credential, which stays masked."""
-    check_text(value.reveal())
-    return value
-
-
-def safe_code(value: object) -> str:
-    """A platform's error code as it may appear in our messages: a short token, or `?`."""
-    text = str(value) if value is not None else ""
-    return text if _CODE.fullmatch(text) else "?"
-
-
-def scrub(value: object, secrets: Collection[str] = ()) -> str | None:
-    """A platform's error text made safe to log: no secrets, digit runs or email addresses.
-
-    A platform may quote the record it refused; the quote may hold a phone number.
-    """
-    if value is None:
-        return None
-    text = str(value)
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    text = _EMAIL.sub("***@***", text)
-    text = _DIGITS.sub(lambda match: "*" * len(match.group()), text)
-    text = "".join(ch if ch.isprintable() else " " for ch in text)
-    return text[:_MAX_LOGGED]
-
-
-def answer_of(response: httpx.Response) -> dict[str, Any] | None:
-    """The JSON object a platform answered, or None when it sent something else."""
-    try:
-        document = response.json()
-    except ValueError:
-        return None
-    return document if isinstance(document, dict) else None
-
-
-def field_of(answer: Mapping[str, Any], name: str) -> Any:
-    """A field of an answer by its lowerCamel name, or its UpperCamel form (RPC answers)."""
-    if name in answer:
-        return answer[name]
-    return answer.get(name[:1].upper() + name[1:])

@@ -225,6 +225,9 @@ class MirrorConfig(SinkConfigBase):
 class MirrorSink:
     """Applies each batch in one transaction; stale events are skipped and counted."""
 
+    direct = False
+    concurrent = False  # one database connection
+
     def __init__(
         self,
         name: str,

@@ -7,33 +7,31 @@ with the app headers the API requires (`X-USER-ID`, `User-Agent`, `X-APP-ID`, `X
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import httpx
 import structlog
 from pydantic import ConfigDict, Field, field_validator
 
 from bridge import __version__
 from bridge.core.events import DownstreamEvent
 from bridge.core.records import Op
-from bridge.errors import SinkError
 from bridge.secrets import Secret, Url
-from bridge.sinks.base import SinkConfigBase, SinkContext, retry_after_of
-from bridge.sinks.mapping import (
-    MappingSettings,
-    RecordMapping,
-    answer_of,
+from bridge.sinks.base import SinkConfigBase, SinkContext
+from bridge.sinks.http import (
+    Answer,
+    Endpoint,
     check_secret,
     check_text,
     check_url,
+    encoding_batch,
+    json_text,
+    refusal,
     safe_code,
-    scrub,
-    session_template,
 )
+from bridge.sinks.mapping import MappingSettings, RecordMapping, session_template
 
 PATHS = {"v1": "/users/report/events", "v2": "/v2/users/report/events"}
 DEFAULT_EVENTS = {
@@ -43,7 +41,6 @@ DEFAULT_EVENTS = {
 }
 TAKEN = frozenset({"success", "ok"})
 PERMANENT_CODES = frozenset({"INVALID_API_KEY", "MISSING_REQUIRED_HEADER", "INVALID_PARAMETER"})
-TRANSIENT_STATUSES = frozenset({408, 429})
 CONTENT_TYPE = "application/json"
 _EVENT_NAME = re.compile(r"[a-z][a-z0-9_]*")  # the document's naming rule: lower snake case
 
@@ -125,8 +122,11 @@ class MobileEventsSink:
     A 2xx answer whose `status` is `success` or `ok`: taken. 408, 429, 5xx, a network error,
     a timeout, or a 2xx answer that is neither taken nor a known refusal: transient. The
     codes `INVALID_API_KEY`, `MISSING_REQUIRED_HEADER`, `INVALID_PARAMETER` and `*_REQUIRED`,
-    and any other 4xx: permanent.
+    and any other 4xx: permanent. `send` may be called from several threads at once.
     """
+
+    direct = False
+    concurrent = True
 
     def __init__(
         self,
@@ -143,12 +143,12 @@ class MobileEventsSink:
     ) -> None:
         self.name = name
         self._url = url
-        self._host = urlsplit(url).hostname or "?"
-        self._api_key = api_key
         self._mapping = mapping
         self._session_id = session_id
         self._log = logger.bind(sink=name)
-        self._client = httpx.Client(
+        self._http = Endpoint(
+            "mobile_events",
+            url,
             headers={
                 **headers,
                 "X-API-KEY": api_key,
@@ -156,12 +156,12 @@ class MobileEventsSink:
                 "Accept": CONTENT_TYPE,
             },
             timeout=timeout,
-            verify=verify_tls,
-            follow_redirects=False,
+            verify_tls=verify_tls,
+            secrets=(api_key,),
         )
 
     def __repr__(self) -> str:
-        return f"MobileEventsSink(name={self.name!r}, host={self._host!r})"
+        return f"MobileEventsSink(name={self.name!r}, host={self._http.host!r})"
 
     def item(self, event: DownstreamEvent) -> dict[str, Any]:
         """The API's event object of one record."""
@@ -174,57 +174,28 @@ class MobileEventsSink:
 
     def body(self, events: Sequence[DownstreamEvent]) -> bytes:
         """The request body of a batch, UTF-8 JSON."""
-        document = {"events": [self.item(event) for event in events]}
-        return json.dumps(
-            document, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-        ).encode("utf-8")
+        return json_text({"events": [self.item(event) for event in events]}).encode("utf-8")
 
     def send(self, events: Sequence[DownstreamEvent]) -> None:
         """Send the batch in one request; an empty batch sends nothing."""
         if not events:
             return
-        try:
+        with encoding_batch():
             body = self.body(events)
-        except (TypeError, ValueError):
-            raise SinkError("the batch is not representable as JSON", permanent=True) from None
-        try:
-            response = self._client.post(self._url, content=body)
-        except httpx.TransportError as exc:
-            raise SinkError(f"mobile_events {self._host} failed: {type(exc).__name__}") from None
-        self._verdict(
-            response.status_code,
-            answer_of(response),
-            len(events),
-            retry_after=retry_after_of(response.headers),
-        )
+        self._verdict(self._http.exchange("POST", self._url, content=body), len(events))
 
-    def _verdict(
-        self,
-        status: int,
-        answer: Mapping[str, Any] | None,
-        records: int,
-        *,
-        retry_after: float | None = None,
-    ) -> None:
-        where = f"mobile_events {self._host}"
-        state = str(answer.get("status", "")).lower() if answer is not None else ""
-        if 200 <= status < 300 and state in TAKEN:
+    def _verdict(self, answer: Answer, records: int) -> None:
+        http, document = self._http, answer.document
+        state = str(document.get("status", "")).lower() if document is not None else ""
+        if answer.ok and state in TAKEN:
             return
-        if status in TRANSIENT_STATUSES or 500 <= status < 600:
-            raise SinkError(f"{where} answered {status}", retry_after=retry_after)
-        code = safe_code(None if answer is None else answer.get("code"))
-        if answer is not None:
-            self._log.warning(
-                "platform_refused",
-                status=status,
-                error_code=code,
-                error_desc=scrub(answer.get("message"), (self._api_key,)),
-                records=records,
-            )
+        answer.raise_if_later(http.where)
+        code = safe_code(None if document is None else document.get("code"))
+        if document is not None:
+            http.log_refusal(self._log, answer.status, code, document.get("message"), records)
         known = code in PERMANENT_CODES or code.endswith("_REQUIRED")
-        permanent = known or not 200 <= status < 300
-        raise SinkError(f"{where} refused the batch: {status} {code}", permanent=permanent)
+        raise refusal(http.where, answer.status, code, permanent=known or not answer.ok)
 
     def close(self) -> None:
         """Close the HTTP client and its connections."""
-        self._client.close()
+        self._http.close()

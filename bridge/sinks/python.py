@@ -59,6 +59,9 @@ class PythonConfig(SinkConfigBase):
 class PythonSink:
     """Calls the operator's handler; its exceptions become transient SinkErrors."""
 
+    direct = False
+    concurrent = False  # the operator's handler need not be thread-safe
+
     def __init__(self, name: str, handler: Any) -> None:
         self.name = name
         self._handler = handler

@@ -8,41 +8,37 @@ ClientEventMessageModel) and the open API's `Authorization` header.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import httpx
 import structlog
 from pydantic import ConfigDict, Field, field_validator
 
-from bridge import __version__
 from bridge.core.events import DownstreamEvent
 from bridge.core.records import Op
 from bridge.errors import SinkError
 from bridge.secrets import Secret, Url
-from bridge.sinks.base import SinkConfigBase, SinkContext, retry_after_of
-from bridge.sinks.mapping import (
-    IdentitySettings,
-    MappingSettings,
-    RecordMapping,
-    answer_of,
+from bridge.sinks.base import SinkConfigBase, SinkContext
+from bridge.sinks.http import (
+    Answer,
+    Endpoint,
     check_secret,
     check_text,
     check_url,
-    event_time,
+    encoding_batch,
     field_of,
+    json_text,
+    refusal,
     safe_code,
-    scrub,
 )
+from bridge.sinks.mapping import IdentitySettings, MappingSettings, RecordMapping, event_time
 
 PATH = "/openapi/cloud/event/detail/receive"
 DEFAULT_EVENTS = {Op.ADD: "customer_add", Op.EDIT: "customer_edit", Op.DELETE: "customer_delete"}
 MAX_BATCH = 100
 """The 3.0 document names no limit; the 2.0 document's limit of 100 per call is assumed."""
-TRANSIENT_STATUSES = frozenset({408, 429})
 
 
 def authorization(access_key: str, access_secret: str, app_id: str, timestamp: str) -> str:
@@ -124,7 +120,11 @@ class QuickAudienceSink:
     answer that is not JSON: transient. HTTP 200 with `success: false`: permanent unless
     its `errorCode` is in `retry_error_codes`; the code, the description (scrubbed) and the
     `traceId` are logged, and the `traceId` goes in the error. Other statuses: permanent.
+    `send` may be called from several threads at once; `last_trace_id` is the last answer's.
     """
+
+    direct = False
+    concurrent = True
 
     def __init__(
         self,
@@ -147,7 +147,6 @@ class QuickAudienceSink:
     ) -> None:
         self.name = name
         self._url = endpoint.rstrip("/") + PATH
-        self._host = urlsplit(endpoint).hostname or "?"
         self._access_id = access_id
         self._organization_id = organization_id
         self._workspace_id = workspace_id
@@ -161,15 +160,17 @@ class QuickAudienceSink:
         self._clock = clock
         self.last_trace_id: str | None = None
         """The `traceId` of the platform's last answer, for a support request."""
-        self._client = httpx.Client(
-            headers={"User-Agent": f"customer-bridge/{__version__}", "Accept": "application/json"},
+        self._http = Endpoint(
+            "quick_audience",
+            endpoint,
+            headers={"Accept": "application/json"},
             timeout=timeout,
-            verify=verify_tls,
-            follow_redirects=False,
+            verify_tls=verify_tls,
+            secrets=(access_key, access_secret),
         )
 
     def __repr__(self) -> str:
-        return f"QuickAudienceSink(name={self.name!r}, host={self._host!r})"
+        return f"QuickAudienceSink(name={self.name!r}, host={self._http.host!r})"
 
     def model(self, event: DownstreamEvent) -> dict[str, Any]:
         """The ClientEventMessageModel of one event."""
@@ -191,9 +192,7 @@ class QuickAudienceSink:
         models = [self.model(event) for event in events]
         return {
             "accessId": self._access_id,
-            "eventMessageModelListJson": json.dumps(
-                models, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-            ),
+            "eventMessageModelListJson": json_text(models),
         }
 
     def signed_query(self) -> tuple[dict[str, str], str]:
@@ -209,58 +208,28 @@ class QuickAudienceSink:
             return
         if len(events) > MAX_BATCH:
             raise SinkError(f"a batch of {len(events)} is over {MAX_BATCH}", permanent=True)
-        try:
+        with encoding_batch():
             form = self.form(events)
-        except (TypeError, ValueError):
-            raise SinkError("the batch is not representable as JSON", permanent=True) from None
         query, signature = self.signed_query()
-        try:
-            response = self._client.post(
-                self._url, params=query, data=form, headers={"Authorization": signature}
-            )
-        except httpx.TransportError as exc:
-            # The exception's text may quote the URL, whose query holds the access key.
-            raise SinkError(f"quick_audience {self._host} failed: {type(exc).__name__}") from None
-        self._verdict(
-            response.status_code,
-            answer_of(response),
-            len(events),
-            retry_after=retry_after_of(response.headers),
-        )
+        headers = {"Authorization": signature}
+        answer = self._http.exchange("POST", self._url, params=query, data=form, headers=headers)
+        self._verdict(answer, len(events))
 
-    def _verdict(
-        self,
-        status: int,
-        answer: Mapping[str, Any] | None,
-        records: int,
-        *,
-        retry_after: float | None = None,
-    ) -> None:
-        where = f"quick_audience {self._host}"
-        if status in TRANSIENT_STATUSES or 500 <= status < 600:
-            raise SinkError(f"{where} answered {status}", retry_after=retry_after)
-        trace = None if answer is None else field_of(answer, "traceId")
-        self.last_trace_id = safe_code(trace) if trace is not None else None
-        if status == 200 and answer is not None and field_of(answer, "success") is True:
+    def _verdict(self, answer: Answer, records: int) -> None:
+        http, status, document = self._http, answer.status, answer.document
+        answer.raise_if_later(http.where)
+        trace = None if document is None else field_of(document, "traceId")
+        trace_id = self.last_trace_id = safe_code(trace) if trace is not None else None
+        if status == 200 and document is not None and field_of(document, "success") is True:
             return
-        if status == 200 and answer is None:
-            raise SinkError(f"{where} answered 200 without a JSON object")
-        code = safe_code(None if answer is None else field_of(answer, "errorCode"))
-        description = None if answer is None else field_of(answer, "errorDesc")
-        self._log.warning(
-            "platform_refused",
-            status=status,
-            error_code=code,
-            error_desc=scrub(description, (self._access_key, self._access_secret)),
-            trace_id=self.last_trace_id,
-            records=records,
-        )
-        trace_note = f", traceId {self.last_trace_id}" if self.last_trace_id else ""
+        if status == 200 and document is None:
+            raise SinkError(f"{http.where} answered 200 without a JSON object")
+        code = safe_code(None if document is None else field_of(document, "errorCode"))
+        description = None if document is None else field_of(document, "errorDesc")
+        http.log_refusal(self._log, status, code, description, records, trace_id=trace_id)
         permanent = not (status == 200 and code in self._retry_codes)
-        raise SinkError(
-            f"{where} refused the batch: {status} {code}{trace_note}", permanent=permanent
-        )
+        raise refusal(http.where, status, code, permanent=permanent, trace_id=trace_id)
 
     def close(self) -> None:
         """Close the HTTP client and its connections."""
-        self._client.close()
+        self._http.close()

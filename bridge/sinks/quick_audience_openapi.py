@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -20,29 +19,27 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
-import httpx
 import structlog
 from pydantic import ConfigDict, Field, field_validator
 
-from bridge import __version__
 from bridge.core.events import DownstreamEvent
 from bridge.core.records import Op
 from bridge.errors import SinkError
 from bridge.secrets import Secret, Url
-from bridge.sinks.base import SinkConfigBase, SinkContext, retry_after_of
-from bridge.sinks.mapping import (
-    IdentitySettings,
-    MappingSettings,
-    RecordMapping,
-    answer_of,
+from bridge.sinks.base import SinkConfigBase, SinkContext
+from bridge.sinks.http import (
+    Answer,
+    Endpoint,
     check_secret,
     check_text,
     check_url,
-    event_time,
+    encoding_batch,
     field_of,
+    json_text,
+    refusal,
     safe_code,
-    scrub,
 )
+from bridge.sinks.mapping import IdentitySettings, MappingSettings, RecordMapping, event_time
 
 PRODUCT = "retailadvqa-public"
 API_VERSION = "2020-05-15"
@@ -58,7 +55,6 @@ ENDPOINTS = {
 MAX_BATCH = 100
 """Records per call, the documented limit; the config refuses a larger `batch_size`."""
 DEFAULT_EVENTS = {Op.ADD: "customer_add", Op.EDIT: "customer_edit", Op.DELETE: "customer_delete"}
-TRANSIENT_STATUSES = frozenset({408, 429})
 # Gateway codes that a later call can get past: throttling, a reused nonce, a clock that
 # has drifted (an operator fixes it without losing the batch), the service being busy.
 TRANSIENT_CODES = frozenset(
@@ -173,7 +169,11 @@ class QuickAudienceOpenApiSink:
     `ServiceUnavailable` and `InternalError`: transient. Any other refusal is permanent
     unless its code is in `retry_error_codes`. A retry sends both calls again: reporting
     an identity twice binds it twice, and `outBizId` lets the platform drop a second event.
+    `send` may be called from several threads at once; `last_trace_id` is the last answer's.
     """
+
+    direct = False
+    concurrent = True
 
     def __init__(
         self,
@@ -198,7 +198,6 @@ class QuickAudienceOpenApiSink:
     ) -> None:
         self.name = name
         self._url = url
-        self._host = urlsplit(url).hostname or "?"
         self._region = region
         self._access_id = access_id
         self._organization_id = organization_id
@@ -214,15 +213,17 @@ class QuickAudienceOpenApiSink:
         self._nonce = nonce
         self.last_trace_id: str | None = None
         """The `TraceId` (else `RequestId`) of the platform's last answer."""
-        self._client = httpx.Client(
-            headers={"User-Agent": f"customer-bridge/{__version__}", "Accept": "application/json"},
+        self._http = Endpoint(
+            "quick_audience_openapi",
+            url,
+            headers={"Accept": "application/json"},
             timeout=timeout,
-            verify=verify_tls,
-            follow_redirects=False,
+            verify_tls=verify_tls,
+            secrets=(access_key_id, access_key_secret),
         )
 
     def __repr__(self) -> str:
-        return f"QuickAudienceOpenApiSink(name={self.name!r}, host={self._host!r})"
+        return f"QuickAudienceOpenApiSink(name={self.name!r}, host={self._http.host!r})"
 
     def user_model(self, event: DownstreamEvent) -> dict[str, Any] | None:
         """The CustomerMessageModel of an event, or None when it reports no identity."""
@@ -275,13 +276,11 @@ class QuickAudienceOpenApiSink:
             return
         if len(events) > MAX_BATCH:
             raise SinkError(f"a batch of {len(events)} is over {MAX_BATCH}", permanent=True)
-        try:
+        with encoding_batch():
             users = [self.user_model(event) for event in events] if self._report_identities else []
             found = [user for user in users if user is not None]
-            user_list = _json(found) if found else None
-            event_list = _json([self.event_model(event) for event in events])
-        except (TypeError, ValueError):
-            raise SinkError("the batch is not representable as JSON", permanent=True) from None
+            user_list = json_text(found) if found else None
+            event_list = json_text([self.event_model(event) for event in events])
         if user_list is not None:
             self.call(USER_ACTION, {USER_LIST: user_list}, len(found))
         self.call(EVENT_ACTION, {EVENT_LIST: event_list}, len(events))
@@ -289,66 +288,34 @@ class QuickAudienceOpenApiSink:
     def call(self, action: str, business: Mapping[str, str], records: int = 0) -> None:
         """Make one signed call; SinkError unless the platform took it."""
         params = self.parameters(action, business)
-        try:
-            response = self._client.post(self._url, data=params)
-        except httpx.TransportError as exc:
-            raise SinkError(
-                f"quick_audience_openapi {self._host} {action} failed: {type(exc).__name__}"
-            ) from None
-        self._verdict(
-            action,
-            response.status_code,
-            answer_of(response),
-            records,
-            retry_after=retry_after_of(response.headers),
-        )
+        where = f"{self._http.where} {action}"
+        answer = self._http.exchange("POST", self._url, where=where, data=params)
+        self._verdict(action, where, answer, records)
 
-    def _verdict(
-        self,
-        action: str,
-        status: int,
-        answer: Mapping[str, Any] | None,
-        records: int,
-        *,
-        retry_after: float | None = None,
-    ) -> None:
-        where = f"quick_audience_openapi {self._host} {action}"
+    def _verdict(self, action: str, where: str, answer: Answer, records: int) -> None:
+        status, document = answer.status, answer.document
         trace = None
-        if answer is not None:
-            trace = field_of(answer, "traceId") or field_of(answer, "requestId")
-        self.last_trace_id = safe_code(trace) if trace is not None else None
-        if status == 200 and answer is not None and field_of(answer, "success") is True:
+        if document is not None:
+            trace = field_of(document, "traceId") or field_of(document, "requestId")
+        trace_id = self.last_trace_id = safe_code(trace) if trace is not None else None
+        if status == 200 and document is not None and field_of(document, "success") is True:
             return
-        if status in TRANSIENT_STATUSES or 500 <= status < 600:
-            raise SinkError(f"{where} answered {status}", retry_after=retry_after)
-        if answer is None:
+        answer.raise_if_later(where)
+        if document is None:
             if status == 200:
                 raise SinkError(f"{where} answered 200 without a JSON object")
             raise SinkError(f"{where} answered {status}", permanent=True)
         # A gateway error says Code / Message; the API's own refusal errorCode / errorDesc.
-        code = safe_code(field_of(answer, "errorCode") or field_of(answer, "code"))
-        description = field_of(answer, "errorDesc") or field_of(answer, "message")
-        self._log.warning(
-            "platform_refused",
-            action=action,
-            status=status,
-            error_code=code,
-            error_desc=scrub(description, (self._access_key_id, self._secret)),
-            trace_id=self.last_trace_id,
-            records=records,
+        code = safe_code(field_of(document, "errorCode") or field_of(document, "code"))
+        description = field_of(document, "errorDesc") or field_of(document, "message")
+        self._http.log_refusal(
+            self._log, status, code, description, records, action=action, trace_id=trace_id
         )
         transient = (
             code in TRANSIENT_CODES or code.startswith("Throttling") or code in self._retry_codes
         )
-        trace_note = f", traceId {self.last_trace_id}" if self.last_trace_id else ""
-        raise SinkError(
-            f"{where} refused the batch: {status} {code}{trace_note}", permanent=not transient
-        )
+        raise refusal(where, status, code, permanent=not transient, trace_id=trace_id)
 
     def close(self) -> None:
         """Close the HTTP client and its connections."""
-        self._client.close()
-
-
-def _json(models: list[dict[str, Any]]) -> str:
-    return json.dumps(models, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        self._http.close()

@@ -49,6 +49,9 @@ class RepublishConfig(SinkConfigBase):
 class RepublishSink:
     """Publishes each event as JSON; a segment that is unsafe in a topic is a permanent failure."""
 
+    direct = False
+    concurrent = False
+
     def __init__(
         self, name: str, publish_many: PublishBatch, template: str, qos: int, retain: bool
     ) -> None:

@@ -14,21 +14,16 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, ClassVar, Literal
 from urllib.parse import urlsplit
 
-import httpx
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from bridge import __version__
 from bridge.core.events import DownstreamEvent
 from bridge.errors import SinkError
 from bridge.secrets import Secret, Url
-from bridge.sinks.base import SinkConfigBase, SinkContext, retry_after_of
+from bridge.sinks.base import SinkConfigBase, SinkContext
+from bridge.sinks.http import Endpoint, check_url, encoding_batch, json_text
 
 BATCH_SIZE_HEADER = "X-Bridge-Batch-Size"
 CONTENT_TYPE = "application/json"
-# A status that says "later": the request timed out, was throttled, or the server failed.
-TRANSIENT_STATUSES = frozenset({408, 429})
-# Enough for any acknowledgement; a longer answer costs its connection rather than our time.
-_MAX_DRAIN = 64 * 1024
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name (RFC 9110)
 STANDARD_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
@@ -112,21 +107,8 @@ class WebhookConfig(SinkConfigBase):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
-            raise ValueError("the URL cannot hold spaces or control characters")
-        parts = urlsplit(value)
-        if parts.scheme.lower() not in {"http", "https"}:
-            raise ValueError("the URL must start with http:// or https://")
-        if not parts.hostname:
-            raise ValueError("the URL has no host")
-        if parts.username is not None or parts.password is not None:
-            raise ValueError("put credentials in headers (with ${NAME}), not in the URL")
-        try:
-            _ = parts.port
-            httpx.URL(value)
-        except (ValueError, httpx.InvalidURL):
-            raise ValueError("the URL is not valid") from None
-        return value
+        where = "put credentials in headers (with ${NAME}), not in the URL"
+        return check_url(value, credentials=where, query=True)
 
     @field_validator("method", mode="before")
     @classmethod
@@ -192,11 +174,15 @@ class WebhookConfig(SinkConfigBase):
 
 
 class WebhookSink:
-    """Sends each batch in one request over a kept-alive connection.
+    """Sends each batch in one request over a pool of kept-alive connections.
 
     2xx: taken. 408, 429, 5xx, a network error or a timeout: transient. Anything
-    else (redirects are not followed): permanent.
+    else (redirects are not followed): permanent. `send` and `send_json` may be called
+    from several threads at once (each request takes a connection of the pool).
     """
+
+    direct = False
+    concurrent = True
 
     def __init__(
         self,
@@ -214,28 +200,36 @@ class WebhookSink:
     ) -> None:
         self.name = name
         self._url = url
-        self._host = urlsplit(url).hostname or "?"
         self._method = method
         self._key = signature_secret.encode("utf-8") if signature_secret is not None else None
         self._signature_header = signature_header
         self._standard_keys = [standard_key(secret) for secret in standard_secrets]
         self._clock = clock
-        self._client = httpx.Client(
-            headers={"User-Agent": f"customer-bridge/{__version__}", **(headers or {})},
-            timeout=timeout,
-            verify=verify_tls,
-            follow_redirects=False,
+        self._http = Endpoint(
+            "webhook", url, headers=headers or {}, timeout=timeout, verify_tls=verify_tls
         )
 
     def __repr__(self) -> str:
-        return f"WebhookSink(name={self.name!r}, method={self._method!r}, host={self._host!r})"
+        return f"WebhookSink(name={self.name!r}, method={self._method!r}, host={self._http.host!r})"
 
     def body(self, events: Sequence[DownstreamEvent]) -> bytes:
         """The request body of a batch: `{"events": [SPEC 7 objects]}` as UTF-8 JSON."""
-        document = {"events": [event.to_dict() for event in events]}
-        return json.dumps(
-            document, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-        ).encode("utf-8")
+        with encoding_batch():
+            return json_text({"events": [event.to_dict() for event in events]}).encode("utf-8")
+
+    def body_of_json(self, bodies: Sequence[str]) -> bytes:
+        """The request body of events the spool holds encoded: their text joined, not re-encoded.
+
+        The spool's encoding is the one `body` uses, so the bytes are the same; an event with
+        NaN or infinity (which JSON has not, and which the intake never stores) is refused
+        as `body` refuses it.
+        """
+        text = '{"events":[' + ",".join(bodies) + "]}"
+        if "NaN" in text or "Infinity" in text:
+            # Most likely inside a string; only a decode can tell a constant from text.
+            self.body([DownstreamEvent.from_dict(json.loads(body)) for body in bodies])
+        with encoding_batch():
+            return text.encode("utf-8")
 
     def signature(self, body: bytes) -> str | None:
         """The body HMAC header's value for `body`, or None without a secret."""
@@ -262,50 +256,27 @@ class WebhookSink:
 
     def send(self, events: Sequence[DownstreamEvent]) -> None:
         """Send the batch in one request; an empty batch sends nothing."""
-        if not events:
-            return
-        try:
-            body = self.body(events)
-        except (TypeError, ValueError):
-            raise SinkError("the batch is not representable as JSON", permanent=True) from None
+        if events:
+            self._post(self.body(events), len(events))
+
+    def send_json(self, bodies: Sequence[str]) -> None:
+        """Send events the spool holds as encoded JSON, in one request; nothing if empty."""
+        if bodies:
+            self._post(self.body_of_json(bodies), len(bodies))
+
+    def _post(self, body: bytes, records: int) -> None:
         headers = {
             "Content-Type": CONTENT_TYPE,
-            BATCH_SIZE_HEADER: str(len(events)),
+            BATCH_SIZE_HEADER: str(records),
             **self.signed_headers(body),
         }
-        request = self._client.build_request(self._method, self._url, content=body, headers=headers)
-        try:
-            response = self._client.send(request, stream=True)
-        except httpx.TransportError as exc:
-            # The exception's text may quote the URL; its class says enough (ConnectError, ...).
-            raise SinkError(f"webhook {self._host} failed: {type(exc).__name__}") from None
-        try:
-            status = response.status_code
-            after = retry_after_of(response.headers)
-            _drain(response)
-        finally:
-            response.close()
-        if 200 <= status < 300:
+        http = self._http
+        answer = http.exchange(self._method, self._url, read=False, content=body, headers=headers)
+        if answer.ok:
             return
-        transient = status in TRANSIENT_STATUSES or 500 <= status < 600
-        raise SinkError(
-            f"webhook {self._host} answered {status}",
-            permanent=not transient,
-            retry_after=after if transient else None,
-        )
+        answer.raise_if_later(http.where)
+        raise SinkError(f"{http.where} answered {answer.status}", permanent=True)
 
     def close(self) -> None:
         """Close the HTTP client and its connections."""
-        self._client.close()
-
-
-def _drain(response: httpx.Response) -> None:
-    """Read a short answer to its end so that its connection can be reused."""
-    received = 0
-    try:
-        for chunk in response.iter_raw():
-            received += len(chunk)
-            if received > _MAX_DRAIN:
-                return
-    except httpx.HTTPError:
-        return  # the status is what counts; the connection is simply not reused
+        self._http.close()

@@ -11,6 +11,7 @@ from bridge.core.events import DownstreamEvent
 from bridge.core.records import Op
 from bridge.core.topics import TopicKind
 from bridge.errors import ConfigError, SinkError
+from bridge.sinks.http import safe_code, scrub
 from bridge.sinks.mapping import (
     IdentitySettings,
     MappingSettings,
@@ -18,8 +19,6 @@ from bridge.sinks.mapping import (
     event_time,
     message_key,
     record_digest,
-    safe_code,
-    scrub,
     text_of,
 )
 from bridge.sinks.mobile_events import DEFAULT_EVENTS as MOBILE_EVENTS
