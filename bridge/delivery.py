@@ -557,24 +557,32 @@ def judged(outcomes: Sequence[BrokerError | None]) -> Refused | None:
 def give_up_alarms(
     sink: str, rows: Sequence[Row], reason: str, *, now_ms: int, new_id: Callable[[], str]
 ) -> list[NewRow]:
+    """The outbox rows of the code-502 alarms for events a sink gave up on."""
+    return [
+        alarm_row(alarm)
+        for alarm in gave_up_alarms(sink, rows, reason, now_ms=now_ms, new_id=new_id)
+    ]
+
+
+def gave_up_alarms(
+    sink: str, rows: Sequence[Row], reason: str, *, now_ms: int, new_id: Callable[[], str]
+) -> list[alarms.Alarm]:
     """Code-502 alarms for events a sink gave up on: one per message and operation."""
     groups: dict[tuple[str, str, str | None], list[DownstreamEvent]] = {}
     for row in rows:
         event = DownstreamEvent.from_dict(row.decoded())
         groups.setdefault((event.error_topic, str(event.op), event.msg_id), []).append(event)
     return [
-        alarm_row(
-            alarms.build(
-                error_topic=topic,
-                op=op,
-                code=alarms.CODE_SINK_GAVE_UP,
-                msg=f"sink {sink} gave up: {reason}",
-                records=[event.customer for event in events],
-                errors=(),
-                source_msg_id=msg_id,
-                now_ms=now_ms,
-                alarm_id=new_id(),
-            )
+        alarms.build(
+            error_topic=topic,
+            op=op,
+            code=alarms.CODE_SINK_GAVE_UP,
+            msg=f"sink {sink} gave up: {reason}",
+            records=[event.customer for event in events],
+            errors=(),
+            source_msg_id=msg_id,
+            now_ms=now_ms,
+            alarm_id=new_id(),
         )
         for (topic, op, msg_id), events in groups.items()
     ]

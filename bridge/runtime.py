@@ -28,8 +28,9 @@ from bridge.delivery import (
     Lanes,
     Target,
     Worker,
+    alarm_row,
     alarm_sender,
-    give_up_alarms,
+    gave_up_alarms,
     lane_thread,
     sink_workers,
 )
@@ -351,11 +352,11 @@ class Bridge:
     def _give_up_alarms(self, sink: str, rows: list[Row], reason: str) -> list[NewRow]:
         if not self.config.delivery.alarm_on_give_up:
             return []
-        built = give_up_alarms(
+        built = gave_up_alarms(
             sink, rows, reason, now_ms=self.pipeline.now_ms(), new_id=self.pipeline.new_id
         )
         self.status.gave_up(built)
-        return built
+        return [alarm_row(alarm) for alarm in built]
 
     def reload(self, path: Path) -> bool:
         """Re-read the config and swap sinks, routes and delivery settings; keep the rest.

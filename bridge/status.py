@@ -7,19 +7,18 @@ these counters, so they cannot disagree.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
+from bridge.core.alarms import Alarm
 from bridge.core.digest import Digest
-from bridge.core.outbox import NewRow
 from bridge.core.pipeline import Disposition
 from bridge.core.topics import escape
 from bridge.metrics import Metrics, field_label
@@ -40,12 +39,6 @@ class Stats:
     left_for_redelivery: int = 0
     failed: int = 0
     """Messages the bridge failed on by its own bug (kept raw in the dead letters)."""
-
-
-def status_of_row(row: NewRow) -> str:
-    """The status of the alarm an outbox row carries."""
-    events = json.loads(row.body)["payload"]["events"]
-    return str(next(iter(events.values()))["status"])
 
 
 class Status:
@@ -152,14 +145,13 @@ class Status:
             duration_ms=round(elapsed * 1000, 2),
         )
 
-    def gave_up(self, rows: list[NewRow]) -> None:
+    def gave_up(self, built: Sequence[Alarm]) -> None:
         """Count the code-502 alarms of records a sink gave up on."""
-        statuses = [status_of_row(row) for row in rows]
         with self._lock:
-            for status in statuses:
-                self.stats.alarms[status] += 1
-        for status in statuses:
-            self.metrics.alarms.labels(status=status, code="502").inc()
+            for alarm in built:
+                self.stats.alarms[alarm.status] += 1
+        for alarm in built:
+            self.metrics.alarms.labels(status=alarm.status, code=str(alarm.code)).inc()
 
     def summary(self, delivered: dict[str, int]) -> dict[str, object]:
         """The counters, for the final log line and the demo."""
