@@ -30,9 +30,9 @@ from bridge.core import alarms
 from bridge.core.encoding import alarm_body, encode_event, ordering_key
 from bridge.core.events import DownstreamEvent
 from bridge.core.outbox import NewRow, alarm_outbox_row
-from bridge.errors import BrokerError, Partial, PublishRefused, SinkError
+from bridge.errors import BrokerError, PublishRefused, SinkError
 from bridge.metrics import Metrics
-from bridge.sinks import JsonSink, Refused, Route, Sink
+from bridge.sinks import JsonSink, Partial, Refused, Route, SendResult, Sink
 from bridge.sinks.base import PublishBatch
 from bridge.spool import WHOLE, Lane, Row, Spool, SpoolError
 
@@ -115,12 +115,11 @@ def takes_json(sink: Sink) -> bool:
     return isinstance(sink, JsonSink)
 
 
-def hand_over(
-    sink: Sink, events: Sequence[DownstreamEvent], bodies: Sequence[str]
-) -> Refused | None:
+def hand_over(sink: Sink, events: Sequence[DownstreamEvent], bodies: Sequence[str]) -> SendResult:
     """Give a batch to a sink: as encoded JSON to a sink that takes it, else as events."""
     answer = sink.send_json(bodies) if isinstance(sink, JsonSink) else sink.send(events)
-    return answer if isinstance(answer, Refused) else None
+    # Anything else from an operator's code means it took the batch whole.
+    return answer if isinstance(answer, Refused | Partial) else None
 
 
 def alarm_row(alarm: alarms.Alarm) -> NewRow:
@@ -134,7 +133,7 @@ class Worker:
     def __init__(
         self,
         name: str,
-        send: Callable[[Sequence[Row]], Refused | None],
+        send: Callable[[Sequence[Row]], SendResult],
         spool: Spool,
         config: DeliveryConfig,
         stopping: threading.Event,
@@ -244,18 +243,7 @@ class Worker:
         if not rows:
             return True
         try:
-            refused = self._hand_over(rows)
-        except Partial as partial:
-            # The first rows went out: record them, so a retry does not send them twice.
-            self._answered(rows[: partial.taken], partial.refused)
-            rest = rows[partial.taken :]
-            failure = Failure.of(partial.cause)
-            if not failure.permanent:
-                self._failed(rest, failure)
-                return False
-            # A sink that hands records over one by one names the one refused: it alone.
-            self._refused(rest[:1], failure.reason)
-            return self._settle(self._unheld(rest[1:]))
+            answer = self._hand_over(rows)
         except Exception as exc:  # noqa: BLE001 - judged by Failure.of, never lost
             failure = Failure.of(exc)
             if not failure.permanent:
@@ -267,7 +255,18 @@ class Worker:
             middle = len(rows) // 2
             self._log.info("batch_split", reason=failure.reason, records=len(rows))
             return self._settle(rows[:middle]) and self._settle(self._unheld(rows[middle:]))
-        self._answered(rows, refused.records if refused is not None else {})
+        if isinstance(answer, Partial):
+            # The first rows went out: record them, so a retry does not send them twice.
+            self._answered(rows[: answer.taken], answer.refused)
+            rest = rows[answer.taken :]
+            failure = Failure.of(answer.cause)
+            if not failure.permanent:
+                self._failed(rest, failure)
+                return False
+            # A sink that hands records over one by one names the one refused: it alone.
+            self._refused(rest[:1], failure.reason)
+            return self._settle(self._unheld(rest[1:]))
+        self._answered(rows, answer.records if answer is not None else {})
         return True
 
     def _answered(self, rows: Sequence[Row], refused: Mapping[int, str]) -> None:
@@ -283,7 +282,7 @@ class Worker:
             self._refused(given_up, reason)
         self._delivered(good)
 
-    def _hand_over(self, rows: Sequence[Row]) -> Refused | None:
+    def _hand_over(self, rows: Sequence[Row]) -> SendResult:
         if self._metrics is None:
             return self._send(rows)
         self._metrics.sending(self.name, self._kind, 1)
@@ -507,7 +506,7 @@ def sink_workers(
 
 def sink_sender(
     sink: Sink, lock: threading.Lock | None = None
-) -> Callable[[Sequence[Row]], Refused | None]:
+) -> Callable[[Sequence[Row]], SendResult]:
     """Hand rows to a sink: as their stored JSON to a sink that takes it, else as events.
 
     `lock` is held for each hand-over; without one, hand-overs may overlap (lanes).
@@ -515,7 +514,7 @@ def sink_sender(
     json_only = takes_json(sink)
     guard: contextlib.AbstractContextManager[object] = lock or contextlib.nullcontext()
 
-    def send(rows: Sequence[Row]) -> Refused | None:
+    def send(rows: Sequence[Row]) -> SendResult:
         # Rows are decoded into events only for a sink that wants events.
         events = [] if json_only else [DownstreamEvent.from_dict(row.decoded()) for row in rows]
         with guard:
@@ -524,10 +523,10 @@ def sink_sender(
     return send
 
 
-def alarm_sender(publish_many: PublishBatch) -> Callable[[Sequence[Row]], Refused | None]:
+def alarm_sender(publish_many: PublishBatch) -> Callable[[Sequence[Row]], SendResult]:
     """Publish alarm rows, QoS 1, not retained, all in flight at once; judge them row by row."""
 
-    def send(rows: Sequence[Row]) -> Refused | None:
+    def send(rows: Sequence[Row]) -> SendResult:
         messages: list[tuple[str, bytes, int, bool]] = []
         for row in rows:
             alarm = row.decoded()
@@ -538,7 +537,7 @@ def alarm_sender(publish_many: PublishBatch) -> Callable[[Sequence[Row]], Refuse
     return send
 
 
-def judged(outcomes: Sequence[BrokerError | None]) -> Refused | None:
+def judged(outcomes: Sequence[BrokerError | None]) -> SendResult:
     """The worker's view of a batch's publish outcomes (see `Publisher.publish_many`).
 
     A refusal is that row's alone. From the first row whose acknowledgement did not come,
@@ -550,7 +549,7 @@ def judged(outcomes: Sequence[BrokerError | None]) -> Refused | None:
         if isinstance(outcome, PublishRefused):
             refused[index] = str(outcome)
         elif outcome is not None:
-            raise Partial(index, outcome, refused)
+            return Partial(index, outcome, refused)
     return Refused(refused) if refused else None
 
 

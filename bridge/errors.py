@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 
 class BridgeError(Exception):
     """Root of every error the bridge raises on purpose."""
@@ -40,23 +38,6 @@ class BrokerError(BridgeError):
 
 class PublishRefused(BrokerError):
     """The broker answered a publish with a failure reason code: sending it again will not help."""
-
-
-class Partial(BridgeError):
-    """A sink took the first `taken` events of a batch, then failed with `cause`.
-
-    Raised by sinks that hand events over one at a time (MQTT publishes), so that a retry
-    sends only what was not taken. `refused` names the positions among the first `taken`
-    that were refused for good (with the reason) rather than taken.
-    """
-
-    def __init__(
-        self, taken: int, cause: Exception, refused: Mapping[int, str] | None = None
-    ) -> None:
-        super().__init__(f"{taken} taken, then: {cause}")
-        self.taken = taken
-        self.cause = cause
-        self.refused: Mapping[int, str] = refused or {}
 
 
 class SinkError(BridgeError):

@@ -25,10 +25,11 @@ from bridge.core.outbox import NewRow
 from bridge.core.pipeline import Pipeline
 from bridge.core.plan import Destination, plan
 from bridge.delivery import Target, hand_over, takes_json
-from bridge.errors import Partial, SinkError
+from bridge.errors import SinkError
 from bridge.intake.connection import BrokerConnection
 from bridge.intake.message import InboundMessage
 from bridge.intake.workers import BrokenProcessPool, DigestPool, digest_message
+from bridge.sinks import Partial
 from bridge.spool import Spool, SpoolError
 from bridge.status import Status
 
@@ -250,22 +251,26 @@ class Intake:
         """Hand records to a caught-up local sink; return the rows of what it did not take."""
         sink = target.sink
         name = sink.name
-        taken = 0
-        refused: set[int] = set()
+        # What it refused, and what it did not take, go through the outbox, whose worker
+        # gives up on the first and retries the rest.
+        taken, refused, failure = 0, set[int](), None
         try:
             events = [] if takes_json(sink) else [r.event() for r in records]
             with target.lock:
-                try:
-                    answer = hand_over(sink, events, [r.body for r in records])
-                except Partial as partial:
-                    taken = partial.taken
-                    refused = set(partial.refused)  # among the taken: the worker gives up on them
-                    raise partial.cause from None
-            # What it refused goes through the outbox, whose worker gives up on it.
-            refused = set(answer.records) if answer is not None else set()
-            taken = len(records)
+                answer = hand_over(sink, events, [r.body for r in records])
         except Exception as exc:  # noqa: BLE001 - whatever it was, the worker retries it
-            reason = str(exc) if isinstance(exc, SinkError) else f"{type(exc).__name__} in sink"
+            failure = exc
+        else:
+            if isinstance(answer, Partial):
+                taken, refused, failure = answer.taken, set(answer.refused), answer.cause
+            else:
+                taken, refused = len(records), set(answer.records) if answer else set()
+        if failure is not None:
+            reason = (
+                str(failure)
+                if isinstance(failure, SinkError)
+                else f"{type(failure).__name__} in sink"
+            )
             self._log.warning(
                 "sink_failed", sink=name, reason=reason, records=len(records) - taken, direct=True
             )

@@ -13,7 +13,15 @@ from pydantic import Field
 
 from bridge.core.routes import Route
 from bridge.errors import ConfigError
-from bridge.sinks.base import JsonSink, Refused, Sink, SinkConfigBase, SinkContext
+from bridge.sinks.base import (
+    JsonSink,
+    Partial,
+    Refused,
+    SendResult,
+    Sink,
+    SinkConfigBase,
+    SinkContext,
+)
 from bridge.sinks.jsonl import JsonlConfig
 from bridge.sinks.log import LogConfig
 from bridge.sinks.mirror import MirrorConfig
@@ -39,8 +47,10 @@ SinkConfig = Annotated[
 
 __all__ = [
     "JsonSink",
+    "Partial",
     "Refused",
     "Route",
+    "SendResult",
     "Sink",
     "SinkConfig",
     "SinkConfigBase",

@@ -6,7 +6,7 @@ import email.utils
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 import structlog
@@ -28,14 +28,32 @@ class Refused:
     records: Mapping[int, str]
 
 
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """What `send` returns when it took the first `taken` events, then failed with `cause`.
+
+    Returned by sinks that hand events over one at a time (MQTT publishes), so that a retry
+    sends only what was not taken. `refused` names the positions among the first `taken`
+    that were refused for good (with the reason) rather than taken.
+    """
+
+    taken: int
+    cause: Exception
+    refused: Mapping[int, str] = field(default_factory=dict)
+
+
+SendResult = Refused | Partial | None
+"""A sink's answer to a batch it did not raise on; None: it took every event."""
+
+
 @runtime_checkable
 class Sink(Protocol):
-    """A downstream system. `send` takes a batch whole, returns `Refused`, or raises.
+    """A downstream system. `send` takes a batch whole, returns `Refused` or `Partial`, or raises.
 
     A `SinkError(permanent=True)` means a retry cannot help: the delivery layer splits
     the batch to find the records refused on their own, and gives up on those alone. Any
     other exception is treated as transient. A sink whose API reports per record returns
-    `Refused` instead of raising.
+    `Refused` instead of raising; one that stopped part-way returns `Partial`.
 
     Every sink class declares its capabilities, either way, as class attributes.
     """
@@ -50,7 +68,7 @@ class Sink(Protocol):
     (delivery lanes), each call with the events of other customers; a sink without it gets
     one call at a time."""
 
-    def send(self, events: Sequence[DownstreamEvent]) -> Refused | None:
+    def send(self, events: Sequence[DownstreamEvent]) -> SendResult:
         """Hand a batch of events to the downstream system."""
 
     def close(self) -> None:
@@ -63,7 +81,7 @@ class JsonSink(Sink, Protocol):
     per event), so that the delivery layer neither decodes them nor the sink encodes them
     again. `send_json(bodies)` must have the effect `send` has on the decoded events."""
 
-    def send_json(self, bodies: Sequence[str]) -> Refused | None:
+    def send_json(self, bodies: Sequence[str]) -> SendResult:
         """Hand a batch of encoded events to the downstream system."""
 
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import Field, field_serializer
 
 from bridge.core.events import DownstreamEvent
-from bridge.errors import ConfigError, Partial, SinkError
+from bridge.errors import ConfigError, SinkError
 from bridge.secrets import masked_options
-from bridge.sinks.base import Refused, SinkConfigBase, SinkContext
+from bridge.sinks.base import Partial, Refused, SendResult, SinkConfigBase, SinkContext
 
 _IMPORT_PATH = r"[A-Za-z_][\w.]*:[A-Za-z_]\w*"
 
@@ -66,21 +66,30 @@ class PythonSink:
         self.name = name
         self._handler = handler
 
-    def send(self, events: Sequence[DownstreamEvent]) -> Refused | None:
+    def send(self, events: Sequence[DownstreamEvent]) -> SendResult:
         """Pass the batch to the handler; what it refused by position, if it says."""
         try:
             answer = self._handler.send(list(events))
-        except (SinkError, Partial):
+        except SinkError:
             raise
         except Exception as exc:  # noqa: BLE001 - the operator's code may raise anything
             raise SinkError(f"handler raised {type(exc).__name__}") from None
+        if isinstance(answer, Partial):
+            if not (isinstance(answer.taken, int) and 0 <= answer.taken < len(events)):
+                raise SinkError(f"handler took a part outside the batch: {answer.taken!r}")
+            self._check_positions(answer.refused, answer.taken)
+            return answer
         if not isinstance(answer, Refused):
             return None  # a handler that returns anything else took the batch whole
-        wrong = [i for i in answer.records if not (isinstance(i, int) and 0 <= i < len(events))]
+        self._check_positions(answer.records, len(events))
+        return answer
+
+    @staticmethod
+    def _check_positions(refused: Mapping[int, str], size: int) -> None:
+        wrong = [i for i in refused if not (isinstance(i, int) and 0 <= i < size)]
         if wrong:
             # Trusting a wrong position would drop or deliver the wrong record: retry instead.
             raise SinkError(f"handler refused positions outside the batch: {wrong[:5]}")
-        return answer
 
     def close(self) -> None:
         """Call the handler's close() if it has one."""

@@ -11,8 +11,16 @@ from pydantic import field_validator
 
 from bridge.core.events import DownstreamEvent
 from bridge.core.topics import is_safe_segment
-from bridge.errors import Partial, PublishRefused, SinkError
-from bridge.sinks.base import PublishBatch, Refused, SinkConfigBase, SinkContext, one_by_one
+from bridge.errors import PublishRefused, SinkError
+from bridge.sinks.base import (
+    Partial,
+    PublishBatch,
+    Refused,
+    SendResult,
+    SinkConfigBase,
+    SinkContext,
+    one_by_one,
+)
 
 PLACEHOLDERS = frozenset({"op", "tenant", "projectId", "kind", "version", "vendor", "id"})
 
@@ -78,7 +86,7 @@ class RepublishSink:
                 raise SinkError(f"{name} is not usable in a topic", permanent=True)
         return self._template.format(**values)
 
-    def send(self, events: Sequence[DownstreamEvent]) -> Refused | None:
+    def send(self, events: Sequence[DownstreamEvent]) -> SendResult:
         """Publish the whole batch with its publishes in flight together; judge each record.
 
         A record refused for good (an unsafe topic, a broker refusal) is that record's alone.
@@ -102,7 +110,7 @@ class RepublishSink:
                 refused[index] = str(outcome)
             elif outcome is not None:
                 earlier = {i: reason for i, reason in refused.items() if i < index}
-                raise Partial(index, outcome, earlier) from None
+                return Partial(index, outcome, earlier)
         return Refused(refused) if refused else None
 
     def close(self) -> None:

@@ -42,8 +42,8 @@ from bridge.delivery import (
     give_up_alarms,
     sink_sender,
 )
-from bridge.errors import BrokerError, Partial, PublishRefused, SinkError
-from bridge.sinks import Refused
+from bridge.errors import BrokerError, PublishRefused, SinkError
+from bridge.sinks import Partial, Refused, SendResult
 from bridge.sinks.base import one_by_one
 from bridge.sinks.python import PythonSink
 from bridge.sinks.republish import RepublishSink
@@ -84,16 +84,19 @@ def label(item: DownstreamEvent | Row) -> str:
 
 
 class FakeSender:
-    """A sink sender that records each batch and raises the next queued failure, if any."""
+    """A sink sender that records each batch, then raises the next queued failure, or
+    returns it when it is a `Partial`, if any."""
 
-    def __init__(self, *failures: BaseException | None) -> None:
+    def __init__(self, *failures: BaseException | Partial | None) -> None:
         self.batches: list[list[str]] = []
         self.failures = list(failures)
 
-    def __call__(self, rows: Sequence[Row]) -> Refused | None:
+    def __call__(self, rows: Sequence[Row]) -> SendResult:
         self.batches.append([label(r) for r in rows])
         if self.failures:
             failure = self.failures.pop(0)
+            if isinstance(failure, Partial):
+                return failure
             if failure is not None:
                 raise failure
         return None
@@ -143,7 +146,7 @@ def spool(tmp_path: Path) -> Iterator[Spool]:
 
 def worker(
     spool: Spool,
-    send: Callable[[Sequence[Row]], Refused | None],
+    send: Callable[[Sequence[Row]], SendResult],
     config: DeliveryConfig | None = None,
     *,
     name: str = SINK,
@@ -1090,6 +1093,50 @@ def test_a_python_handler_naming_positions_outside_the_batch_is_retried() -> Non
     class Wrong:
         def send(self, events: list[DownstreamEvent]) -> Refused:
             return Refused({len(events): "?"})
+
+    with pytest.raises(SinkError) as caught:
+        PythonSink("handler", Wrong()).send([event("A", 1)])
+
+    assert caught.value.permanent is False
+
+
+def test_a_python_handler_that_stopped_part_way_has_only_the_rest_sent_again(
+    spool: Spool,
+) -> None:
+    """A handler returning `Partial(2, ...)` once: its first two records count as delivered,
+    the rest is retried, and nothing it took is handed over twice."""
+
+    class OneAtATime:
+        def __init__(self) -> None:
+            self.taken: list[str] = []
+            self.calls = 0
+
+        def send(self, events: list[DownstreamEvent]) -> Partial | None:
+            self.calls += 1
+            if self.calls == 1:
+                self.taken.extend(label(e) for e in events[:2])
+                return Partial(2, ConnectionError("downstream went away"))
+            self.taken.extend(label(e) for e in events)
+            return None
+
+    handler = OneAtATime()
+    put(spool, event("A", 1), event("B", 1), event("C", 1), event("D", 1))
+    # No jitter: the retry is due at once.
+    w = worker(spool, sink_sender(PythonSink("handler", handler)), rand=lambda: 0.0)
+
+    assert w.step()
+    assert [label(r) for r in all_rows(spool)] == ["C:1", "D:1"]
+    assert (w.delivered, w.retries) == (2, 1)
+    assert w.step()
+    assert handler.taken == ["A:1", "B:1", "C:1", "D:1"]
+
+
+def test_a_python_handler_claiming_a_part_beyond_the_batch_is_retried() -> None:
+    """`Partial` taking as many records as the batch has, or more, is not trusted."""
+
+    class Wrong:
+        def send(self, events: list[DownstreamEvent]) -> Partial:
+            return Partial(len(events), ConnectionError("?"))
 
     with pytest.raises(SinkError) as caught:
         PythonSink("handler", Wrong()).send([event("A", 1)])
