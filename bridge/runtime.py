@@ -9,7 +9,6 @@ sd_notify read. What is left here is life cycle, signals and reload.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import signal
 import threading
@@ -22,18 +21,7 @@ import structlog
 
 from bridge import config as config_module
 from bridge.config import Config
-from bridge.core.outbox import ALARMS, NewRow
 from bridge.core.pipeline import Pipeline
-from bridge.delivery import (
-    Lanes,
-    Target,
-    Worker,
-    alarm_row,
-    alarm_sender,
-    gave_up_alarms,
-    lane_thread,
-    sink_workers,
-)
 from bridge.errors import ConfigError
 from bridge.health import HealthServer
 from bridge.intake import connection as intake_connection
@@ -44,16 +32,14 @@ from bridge.metrics import Metrics
 from bridge.mqtt import Publisher
 from bridge.sdnotify import Notifier, Watchdog
 from bridge.signals import requested as early_stop
-from bridge.sinks import SinkContext, build_sinks
-from bridge.spool import WHOLE, Row, Spool
+from bridge.spool import Spool
 from bridge.status import Stats, Status
+from bridge.targets import DRAIN_TIMEOUT, Targets
 
 if TYPE_CHECKING:
     from bridge.broker import EmbeddedBroker
 
-DRAIN_TIMEOUT = 30.0
 READY_GRACE = 60.0
-ALARM_BATCH = 50
 
 __all__ = ["Bridge", "Stats"]
 
@@ -106,22 +92,15 @@ class Bridge:
             subscribed=lambda: self.connection.subscribed.is_set(),  # noqa: PLW0108 - built below
             room_ok=lambda: self.spool.room_ok,
         )
-        self.targets = self._build_targets(config)
-        self.workers: list[Worker | Lanes] = [self._sink_worker(t, config) for t in self.targets]
-        self.workers.append(
-            Worker(
-                ALARMS,
-                alarm_sender(self.publisher.publish_many),
-                self.spool,
-                config.delivery,
-                threading.Event(),
-                self.log,
-                batch_size=ALARM_BATCH,
-                gave_up=lambda _rows, _reason: [],
-                kind="alarm",
-                metrics=self.metrics,
-                beat=self._beat_for(lane_thread(ALARMS, WHOLE)),
-            )
+        self.targets = Targets(
+            config,
+            spool=self.spool,
+            publisher=self.publisher,
+            pipeline=self.pipeline,
+            status=self.status,
+            metrics=self.metrics,
+            watchdog=self.watchdog,
+            logger=self.log,
         )
         processes = config.validation.workers
         if processes == "auto":
@@ -132,8 +111,8 @@ class Bridge:
             self.pipeline,
             self.status,
             self.log,
-            targets=lambda: self.targets,
-            taken_directly=self._taken_directly,
+            targets=self.targets.current,
+            taken_directly=self.targets.taken_directly,
             group=spool.intake_batch,
             max_pending=spool.max_pending,
             queue_limit=config.broker.receive_maximum + spool.intake_batch,
@@ -146,9 +125,6 @@ class Bridge:
             )
         else:
             self.connection = connection(self.intake)
-        self.metrics.declare_sinks(
-            [target.sink.name for target in self.targets], [t.lanes for t in self.targets]
-        )
         self.metrics.watch(
             pending=lambda: self.spool.pending,
             oldest=self.spool.oldest_age,
@@ -178,7 +154,7 @@ class Bridge:
             self.embedded = EmbeddedBroker(broker.host, broker.port)
             self.embedded.start()
             self.log.info("embedded_broker_started", port=self.embedded.port)
-        known = {worker.name for worker in self.workers}
+        known = {worker.name for worker in self.targets.workers}
         orphans = {t: n for t, n in self.spool.targets().items() if t not in known}
         if orphans:
             # Rows for sinks no longer configured stay until the sink comes back (or a purge).
@@ -189,8 +165,7 @@ class Bridge:
                 health.host, health.port, self.readiness, self.metrics.render
             )
             self.health.start()
-        for worker in self.workers:
-            worker.start()
+        self.targets.start()
         self.publisher.start()
         if self.pool is not None:
             self.log.info("workers_started", pids=self.pool.warm())
@@ -201,7 +176,7 @@ class Bridge:
         self.log.info(
             "started",
             filters=self.pipeline.selection.filters(),
-            sinks=[t.sink.name for t in self.targets],
+            sinks=self.targets.names,
             mode=str(self.pipeline.rules.mode),
             spool=str(self.spool.path),
             spool_pending=self.spool.pending,
@@ -243,17 +218,9 @@ class Bridge:
         self.intake.stop(drain_timeout)
         if self.pool is not None:
             self.pool.close()
-        for worker in self.workers:
-            worker.stop()
-        for worker in self.workers:
-            worker.join(drain_timeout)
+        self.targets.stop(drain_timeout)
         self.connection.stop()
         self.publisher.stop()
-        for target in self.targets:
-            try:
-                target.sink.close()
-            except Exception:  # closing one sink must not keep the others open
-                self.log.exception("sink_close_failed", sink=target.sink.name)
         self.spool.close()
         if self.health is not None:
             self.health.stop()
@@ -300,48 +267,7 @@ class Bridge:
 
     def summary(self) -> dict[str, object]:
         """The counters, for the final log line and the demo."""
-        return self.status.summary({w.name: w.delivered + w.direct for w in self.workers})
-
-    # sinks and reload
-
-    def _build_targets(self, config: Config) -> list[Target]:
-        context = SinkContext(
-            publish=self.publisher.publish,
-            logger=self.log,
-            publish_many=self.publisher.publish_many,
-        )
-        sinks = build_sinks(config.sinks, context)
-        return [
-            Target(
-                sink,
-                entry.route,
-                entry.batch_size,
-                entry.linger,
-                entry.after_give_up == "hold",
-                entry.lanes,
-            )
-            for sink, entry in zip(sinks, config.sinks, strict=True)
-        ]
-
-    def _sink_worker(self, target: Target, config: Config) -> Worker | Lanes:
-        return sink_workers(
-            target,
-            self.spool,
-            config.delivery,
-            self.log,
-            gave_up=functools.partial(self._give_up_alarms, target.sink.name),
-            metrics=self.metrics,
-            beat_for=self._beat_for,
-        )
-
-    def _taken_directly(self, sink: str, count: int) -> None:
-        worker = next((w for w in self.workers if w.name == sink), None)
-        if worker is not None:
-            worker.taken_directly(count)
-
-    def _beat_for(self, name: str) -> Callable[[], None]:
-        self.watchdog.register(name)
-        return functools.partial(self.watchdog.beat, name)
+        return self.status.summary(self.targets.delivered())
 
     def _on_stale(self, silent: Mapping[str, float]) -> None:
         if silent:
@@ -349,14 +275,7 @@ class Bridge:
         else:
             self.log.info("watchdog_resumed")
 
-    def _give_up_alarms(self, sink: str, rows: list[Row], reason: str) -> list[NewRow]:
-        if not self.config.delivery.alarm_on_give_up:
-            return []
-        built = gave_up_alarms(
-            sink, rows, reason, now_ms=self.pipeline.now_ms(), new_id=self.pipeline.new_id
-        )
-        self.status.gave_up(built)
-        return [alarm_row(alarm) for alarm in built]
+    # reload
 
     def reload(self, path: Path) -> bool:
         """Re-read the config and swap sinks, routes and delivery settings; keep the rest.
@@ -369,7 +288,7 @@ class Bridge:
         self.notifier.reloading()
         try:
             new = config_module.load(path)
-            targets = self._build_targets(new)
+            targets = self.targets.build(new)
         except ConfigError as exc:
             self.log.error("reload_rejected", reason=str(exc))
             self.notifier.ready()
@@ -381,28 +300,8 @@ class Bridge:
         ]
         if needs_restart:
             self.log.warning("reload_needs_restart", sections=needs_restart)
-        old_workers = [w for w in self.workers if w.name != ALARMS]
-        with self.intake.paused():
-            old_targets, self.targets = self.targets, targets
-            self.config = self.config.model_copy(
-                update={"sinks": new.sinks, "delivery": new.delivery}
-            )
-        for worker in old_workers:
-            for name in worker.thread_names:
-                self.watchdog.unregister(name)
-            worker.stop()
-        for worker in old_workers:
-            worker.join(DRAIN_TIMEOUT)
-        for target in old_targets:
-            with contextlib.suppress(Exception):
-                target.sink.close()
-        self.metrics.declare_sinks(
-            [target.sink.name for target in targets], [t.lanes for t in targets]
-        )
-        fresh = [self._sink_worker(t, self.config) for t in targets]
-        self.workers = fresh + [w for w in self.workers if w.name == ALARMS]
-        for worker in fresh:
-            worker.start()
+        self.config = self.config.model_copy(update={"sinks": new.sinks, "delivery": new.delivery})
+        self.targets.swap(targets, new.delivery, self.intake.paused)
         self.log.info("reloaded", sinks=[t.sink.name for t in targets])
         self.notifier.ready()
         return True

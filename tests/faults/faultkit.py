@@ -37,7 +37,7 @@ ERROR_TOPIC = f"{TENANT}/proj_{PROJECT}/v1-business-model-error-customer"
 PROFILE: dict[str, Any] = {"poiCode": "s0140001", "appType": "customer", "modelId": 140001}
 REPORT_TS = 1661154622
 EVENT_TS = 1661154622000
-ALARM_BATCH = 50  # bridge.runtime.ALARM_BATCH: alarm rows the alarm worker publishes per batch
+ALARM_BATCH = 50  # bridge.targets.ALARM_BATCH: alarm rows the alarm worker publishes per batch
 
 FAILED = pytest.StashKey[bool]()
 """Set on a test item by tests/faults/conftest.py: whether the test body failed."""
