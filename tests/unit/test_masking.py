@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from bridge import logs
 from bridge.core import masking
+from bridge.core.records import ADD_EDIT_FIELDS
 from bridge.sinks.log import LogSink
 
 SETTINGS = settings(
@@ -176,7 +177,9 @@ def test_personal_data_under_random_keys_never_reaches_the_log(
     logged: io.StringIO, spots: list[tuple[str, tuple[Any, str]]], in_meta: bool
 ) -> None:
     """A generated record through validation and the log sink: no personal value in clear."""
-    extra = {key: value for key, (value, _) in spots if key not in customer()}
+    # Under a key of the field table (`email`, say) a list is the record's fault: the record
+    # is refused, not forwarded; only keys the table does not know are free for any value.
+    extra = {key: value for key, (value, _) in spots if key not in ADD_EDIT_FIELDS}
     record = customer(id="c-gen", **({"meta": extra} if in_meta else extra))
     topic = CUSTOM_TOPIC if in_meta else STANDARD_TOPIC
     text = log_sink_lines(encode(envelope({"add": op_body([record])})), topic, logged)
