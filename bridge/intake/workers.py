@@ -1,11 +1,11 @@
 """Worker processes for the pure core: each decodes, validates and encodes part of a group.
 
 The intake hands a group's messages to the workers in as many slices as there are workers
-(a hand-off per message would cost as much as the work) and gets back one `Digest` per
-message, in order; it then stores and acknowledges the group itself, so per-customer order
-and ack-after-commit hold exactly as in one process. A worker that dies breaks the pool: the
-intake digests that group itself, nothing of it stored or acknowledged before, and the pool
-starts afresh.
+(a hand-off per message would cost as much as the work), each slice one msgpack blob of
+topics and payloads, and gets back one blob of `Digest`s per slice, in order; it then
+stores and acknowledges the group itself, so per-customer order and ack-after-commit hold
+exactly as in one process. A worker that dies breaks the pool: the intake digests that
+group itself, nothing of it stored or acknowledged before, and the pool starts afresh.
 
 Workers come from a fork server that has imported the core once, so a new worker costs a
 fork, not an interpreter start; they ignore SIGINT (a Ctrl-C reaches the whole process group,
@@ -25,10 +25,11 @@ from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING
 
+import msgspec
 import structlog
 
 from bridge import logs
-from bridge.core.digest import Digest, digest
+from bridge.core.digest import Digest, decode_digests, digest, encode_digests
 from bridge.core.pipeline import Disposition, Outcome, Pipeline
 from bridge.core.topics import Selection
 from bridge.core.validate import Rules
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
     from bridge.config import Config
 
 Item = tuple[str | None, bytes]
+
+_ITEMS_OUT = msgspec.msgpack.Encoder()
+_ITEMS_IN = msgspec.msgpack.Decoder(list[tuple[str | None, bytes]])
 
 _pipeline: Pipeline | None = None
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -96,11 +100,12 @@ def _start(rules: Rules, selection: Selection, level: str, fmt: str, redact: boo
     _pipeline = Pipeline(rules, selection)
 
 
-def _digest_slice(items: Sequence[Item]) -> list[Digest]:
+def _digest_slice(blob: bytes) -> bytes:
     pipeline = _pipeline
     assert pipeline is not None, "the worker was not started by DigestPool"
     logger = logs.get_logger(worker=os.getpid())
-    return [digest_message(pipeline, logger, topic, payload) for topic, payload in items]
+    items = _ITEMS_IN.decode(blob)
+    return encode_digests([digest_message(pipeline, logger, t, p) for t, p in items])
 
 
 def _pid() -> int:
@@ -157,10 +162,10 @@ class DigestPool:
         """The digests of `items`, in order. `BrokenProcessPool` when a worker died."""
         size = -(-len(items) // self.processes)
         futures = [
-            self._executor.submit(_digest_slice, items[start : start + size])
+            self._executor.submit(_digest_slice, _ITEMS_OUT.encode(items[start : start + size]))
             for start in range(0, len(items), size)
         ]
-        return [d for future in futures for d in future.result()]
+        return [d for future in futures for d in decode_digests(future.result())]
 
     def restart(self) -> None:
         """Replace a broken pool by a fresh one."""
