@@ -23,7 +23,7 @@ import os
 import signal
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
 import structlog
@@ -43,6 +43,15 @@ _ITEMS_OUT = msgspec.msgpack.Encoder()
 _ITEMS_IN = msgspec.msgpack.Decoder(list[tuple[str | None, bytes]])
 
 _pipeline: Pipeline | None = None
+
+
+class Slices(NamedTuple):
+    """A group under way in the workers: a future per slice, and the pool it went to."""
+
+    futures: list[concurrent.futures.Future[bytes]]
+    epoch: int
+
+
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -137,6 +146,7 @@ class DigestPool:
         self._context.set_forkserver_preload(["bridge.intake.workers"])
         self._executor = self._make()
         self.restarts = 0
+        self._closed = False
 
     def _make(self) -> concurrent.futures.ProcessPoolExecutor:
         return concurrent.futures.ProcessPoolExecutor(
@@ -158,24 +168,45 @@ class DigestPool:
         processes = getattr(self._executor, "_processes", None) or {}
         return sorted(int(pid) for pid in processes)
 
+    def submit(self, items: Sequence[Item]) -> Slices:
+        """Start digesting `items` (in slices, one per worker); `collect` takes the result."""
+        size = -(-len(items) // self.processes)
+        futures: list[concurrent.futures.Future[bytes]] = []
+        try:
+            for start in range(0, len(items), size):
+                blob = _ITEMS_OUT.encode(items[start : start + size])
+                futures.append(self._executor.submit(_digest_slice, blob))
+        except BrokenProcessPool as exc:  # a worker died since the last group
+            broken: concurrent.futures.Future[bytes] = concurrent.futures.Future()
+            broken.set_exception(exc)
+            futures.append(broken)
+        return Slices(futures, self.restarts)
+
+    def collect(self, slices: Slices) -> list[Digest]:
+        """The digests of a `submit`, in order. `BrokenProcessPool` when a worker died (or
+        the pool was closed meanwhile)."""
+        try:
+            return [d for future in slices.futures for d in decode_digests(future.result())]
+        except concurrent.futures.CancelledError as exc:
+            raise BrokenProcessPool("the pool was closed") from exc
+
     def digest(self, items: Sequence[Item]) -> list[Digest]:
         """The digests of `items`, in order. `BrokenProcessPool` when a worker died."""
-        size = -(-len(items) // self.processes)
-        futures = [
-            self._executor.submit(_digest_slice, _ITEMS_OUT.encode(items[start : start + size]))
-            for start in range(0, len(items), size)
-        ]
-        return [d for future in futures for d in decode_digests(future.result())]
+        return self.collect(self.submit(items))
 
-    def restart(self) -> None:
-        """Replace a broken pool by a fresh one."""
+    def restart(self, broken: Slices | None = None) -> None:
+        """Replace a broken pool by a fresh one; not again for another group that was
+        under way in the same broken pool (`broken`), nor once closed."""
+        if self._closed or (broken is not None and broken.epoch != self.restarts):
+            return
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._executor = self._make()
         self.restarts += 1
 
     def close(self) -> None:
         """Stop the workers."""
+        self._closed = True
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
-__all__ = ["BrokenProcessPool", "DigestPool", "default_processes", "digest_message"]
+__all__ = ["BrokenProcessPool", "DigestPool", "Slices", "default_processes", "digest_message"]
