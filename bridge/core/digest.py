@@ -3,9 +3,9 @@
 An `Outcome` holds rich objects (events, alarms, field errors); a `Digest` holds strings and
 numbers only: the encoded body of each record to forward with what its route needs, the
 encoded alarms, the de-duplication key, and the counts. It is what a worker process sends
-back to the intake, a whole slice of them as one msgpack blob (`encode_digests`: msgspec
-writes and reads it in C, with no Python call per message or record, where pickling these
-as NamedTuples cost 23 µs a message), and what the intake plans and counts from in one
+back to the intake, a whole slice of them as one msgpack frame (msgspec writes and reads
+it in C, with no Python call per message or record, where pickling these as NamedTuples
+cost 23 µs a message), and what the intake plans and counts from in one
 process too, so both paths are the same code.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
 
 import msgspec
 
@@ -116,17 +115,3 @@ def digest(outcome: Outcome, payload: bytes) -> Digest:
         tuple(error.field for error in outcome.errors),
         raw,
     )
-
-
-_ENCODER = msgspec.msgpack.Encoder()
-_DECODER = msgspec.msgpack.Decoder(list[Digest])
-
-
-def encode_digests(digests: Sequence[Digest]) -> bytes:
-    """One blob for a slice of digests (what a worker sends back)."""
-    return _ENCODER.encode(digests)
-
-
-def decode_digests(blob: bytes) -> list[Digest]:
-    """The digests of `encode_digests`, in order."""
-    return _DECODER.decode(blob)

@@ -282,7 +282,7 @@ class Intake:
         pool, slices = self._pool, group.slices
         if pool is not None and slices is not None:
             try:
-                return pool.collect(slices)
+                return pool.collect(slices, self._log)
             except BrokenProcessPool:
                 # Nothing of this group was stored or acknowledged: it is digested here instead.
                 self._log.error(

@@ -267,9 +267,9 @@ def test_a_reconnect_while_the_workers_digest_acks_nothing_of_those_groups(
     assert bridge.pool is not None
     collect, delivered = bridge.pool.collect, threading.Event()
 
-    def held_collect(slices: Slices) -> list[Digest]:
+    def held_collect(slices: Slices, logger: Any = None) -> list[Digest]:
         delivered.wait(10)  # the second read is queued before the first group's digests return
-        return collect(slices)
+        return collect(slices, logger)
 
     bridge.pool.collect = held_collect  # type: ignore[method-assign]
     batch = items(200)
