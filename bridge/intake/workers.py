@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import pickle
 import signal
@@ -46,6 +47,8 @@ _DIGESTS_OUT = msgspec.msgpack.Encoder()
 _DIGESTS_IN = msgspec.msgpack.Decoder(tuple[list[Digest], list[Failure]])
 _LENGTH = struct.Struct("!I")
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+F_SETPIPE_SZ = 1031  # linux/fcntl.h
+PIPE_BYTES = 1 << 20  # the default pipe-max-size: a slice of a group fits, the write returns
 
 
 class BrokenProcessPool(RuntimeError):
@@ -174,7 +177,12 @@ class DigestPool:
                 stdout=subprocess.PIPE,
                 close_fds=True,
             )
-            assert worker.stdin is not None
+            assert worker.stdin is not None and worker.stdout is not None
+            for pipe in (worker.stdin, worker.stdout):
+                # A 64 KiB pipe would hold the intake in its write until the worker has read
+                # most of a slice (half a group is about 400 KB).
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(pipe.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
             with contextlib.suppress(OSError):
                 _write_frame(worker.stdin, self._settings)
             made.append(worker)
