@@ -286,11 +286,25 @@ def main() -> None:
     """A worker process: `python -m bridge.intake.workers PARENT_PID`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(int(sys.argv[1]))
-    serve(sys.stdin.buffer, sys.stdout.buffer)
+    try:
+        serve(sys.stdin.buffer, sys.stdout.buffer)
+    except BrokenPipeError:
+        pass  # the bridge went away mid-answer
+    except BaseException as exc:  # noqa: BLE001 - the message may quote a payload (SPEC 8)
+        # Its type only; the intake redoes the group itself and meets the same error there.
+        sys.stderr.write(f"bridge worker {os.getpid()}: {type(exc).__name__}\n")
+        sys.exit(1)
 
 
 if __name__ == "__main__":
     main()
 
 
-__all__ = ["BrokenProcessPool", "DigestPool", "Slices", "default_processes", "digest_message"]
+__all__ = [
+    "BrokenProcessPool",
+    "DigestPool",
+    "Slices",
+    "default_processes",
+    "digest_message",
+    "serve",
+]

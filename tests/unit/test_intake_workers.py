@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
 import re
 import signal
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,7 +22,7 @@ import structlog
 from bridge.config import Config
 from bridge.core.digest import Digest
 from bridge.core.pipeline import Pipeline
-from bridge.intake.workers import DigestPool, Slices, digest_message
+from bridge.intake.workers import DigestPool, Slices, digest_message, serve
 from bridge.runtime import Bridge
 from bridge.testing import FakeConnection
 
@@ -325,3 +328,30 @@ def test_a_worker_killed_with_a_group_under_way_costs_no_message(tmp_path: Path)
     assert written_ids(tmp_path) == expected_ids(batch)
     assert bridge.pool.restarts == 1
     assert after and first[0] not in after
+
+
+def test_a_worker_loop_answers_each_slice_with_its_digests_and_stops_at_eof() -> None:
+    """The worker's loop over its pipes: the settings, then two slices in, two frames of
+    digests out, equal to those made here, and nothing more once its input ends."""
+    settings = pickle.dumps((CONFIG.validation.rules(), CONFIG.subscription.selection()))
+    batch = items(120)
+    source = io.BytesIO()
+    for blob in (settings, msgspec.msgpack.encode(batch[:70]), msgspec.msgpack.encode(batch[70:])):
+        source.write(struct.pack("!I", len(blob)) + blob)
+    source.seek(0)
+    sink = io.BytesIO()
+
+    serve(source, sink)
+
+    answers = sink.getvalue()
+    decoder = msgspec.msgpack.Decoder(tuple[list[Digest], list[tuple[str, str, str]]])
+    frames, offset = [], 0
+    while offset < len(answers):
+        (size,) = struct.unpack_from("!I", answers, offset)
+        frames.append(decoder.decode(answers[offset + 4 : offset + 4 + size]))
+        offset += 4 + size
+    pipeline = Pipeline(CONFIG.validation.rules(), CONFIG.subscription.selection())
+    here = [digest_message(pipeline, structlog.get_logger("test"), t, p) for t, p in batch]
+    assert len(frames) == 2
+    assert [failures for _, failures in frames] == [[], []]
+    assert comparable([d for digests, _ in frames for d in digests]) == comparable(here)
