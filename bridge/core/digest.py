@@ -3,15 +3,18 @@
 An `Outcome` holds rich objects (events, alarms, field errors); a `Digest` holds strings and
 numbers only: the encoded body of each record to forward with what its route needs, the
 encoded alarms, the de-duplication key, and the counts. It is what a worker process sends
-back to the intake (pickling one costs a fifth of an `Outcome`'s), and what the intake plans
-and counts from in one process too, so both paths are the same code.
+back to the intake, a whole slice of them as one msgpack frame (msgspec writes and reads
+it in C, with no Python call per message or record, where pickling these as NamedTuples
+cost 23 µs a message), and what the intake plans and counts from in one
+process too, so both paths are the same code.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import NamedTuple
+
+import msgspec
 
 from bridge.core.encoding import alarm_body, encode_event, ordering_key
 from bridge.core.events import DownstreamEvent
@@ -28,7 +31,7 @@ def dedup_key(msg_id: str | None, topic: str, payload: bytes) -> str:
     return "h:" + digest.hexdigest()
 
 
-class Forward(NamedTuple):
+class Forward(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """A valid record to forward: what a route looks at, its ordering key and its body.
 
     `op` and `kind` are the plain values of `Op` and `TopicKind` (equal to them).
@@ -47,7 +50,7 @@ class Forward(NamedTuple):
         return DownstreamEvent.from_dict(json.loads(self.body))
 
 
-class Digest(NamedTuple):
+class Digest(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """What became of one message, in plain values.
 
     `raw` is the reason to keep the payload raw in the dead letters (unreadable, or the

@@ -17,6 +17,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
 import structlog
 
@@ -28,12 +29,19 @@ from bridge.delivery import Target, hand_over, takes_json
 from bridge.errors import SinkError
 from bridge.intake.connection import BrokerConnection
 from bridge.intake.message import InboundMessage
-from bridge.intake.workers import BrokenProcessPool, DigestPool, digest_message
+from bridge.intake.workers import BrokenProcessPool, DigestPool, Slices, digest_message
 from bridge.sinks import Partial
 from bridge.spool import Spool, SpoolError
 from bridge.status import Status
 
 PRUNE_EVERY = 60.0
+
+
+class _Group(NamedTuple):
+    """A group taken from the queue, and its digests under way in the workers (if sent)."""
+
+    batch: Sequence[InboundMessage]
+    slices: Slices | None
 
 
 class Intake:
@@ -68,7 +76,10 @@ class Intake:
         self._log = logger
         self._targets = targets
         self._taken_directly = taken_directly
-        self._group = group
+        # With workers, two groups are in flight at once (one digested, one committed): each
+        # takes at most half, so that both fit in the broker's window of unacknowledged
+        # messages (receive_maximum, as large as intake_batch by default).
+        self._group = max(group // 2, 1) if pool is not None else group
         self._max_pending = max_pending
         self._queue_limit = queue_limit
         self._beat = beat
@@ -133,12 +144,15 @@ class Intake:
 
     # --- the intake thread -------------------------------------------------------------
 
-    def _take(self) -> list[InboundMessage] | None:
-        """The next group: what is queued, up to `group` messages; None once stopped empty."""
+    def _take(self, *, wait: bool = True) -> list[InboundMessage] | None:
+        """The next group: what is queued, up to `group` messages; None once stopped empty.
+        Without `wait`, an empty queue gives [] at once."""
         with self._ready:
             while not self._queue:
                 if self.stopping.is_set():
                     return None
+                if not wait:
+                    return []
                 self._ready.wait(1.0)
                 if not self._queue:
                     return []
@@ -155,21 +169,32 @@ class Intake:
             return batch
 
     def _work(self) -> None:
+        # Two groups in flight at most: while this thread plans, stores and acks group n, the
+        # workers digest group n+1 (taken once n's digests are back, so that it holds what
+        # arrived meanwhile). Groups are finished, and so acknowledged, in the order taken.
+        pending: _Group | None = None
         while True:
             self._beat()
-            batch = self._take()
-            if batch is None:
-                return  # everything taken was stored and acknowledged
-            if not batch:
-                continue
+            if pending is None:
+                batch = self._take()
+                if batch is None:
+                    return  # everything taken was stored and acknowledged
+                if not batch:
+                    continue
+                pending = self._submit(batch)
+            group, pending = pending, None
             try:
+                digests = self._digests(group)
+                following = self._take(wait=False) if self._pool is not None else []
+                if following:
+                    pending = self._submit(following)
                 self._wait_for_room()
                 with self._lock:
-                    self.process(batch)
+                    self._finish(group.batch, digests)
                 self._prune()
             except Exception:  # noqa: BLE001 - the intake must outlive any one group
                 with contextlib.suppress(Exception):  # even a log line that cannot be written
-                    self._log.exception("intake_failed", messages=len(batch))
+                    self._log.exception("intake_failed", messages=len(group.batch))
 
     def _wait_for_room(self) -> None:
         spool, status, limit = self._spool, self._status, self._max_pending
@@ -192,16 +217,26 @@ class Intake:
 
     def process(self, batch: Sequence[InboundMessage]) -> None:
         """Validate a group, store it in one transaction, then acknowledge it in order."""
+        self._finish(batch, self._digests(self._submit(batch)))
+
+    def _finish(self, batch: Sequence[InboundMessage], digested: Sequence[Digest]) -> None:
+        """Store a digested group in one transaction, then acknowledge it in order."""
         connection = self.connection
         assert connection is not None, "attach() or start() first"
         generation = connection.generation
-        # Taken on a connection that has since dropped: the broker sends it again.
-        current = [m for m in batch if m.generation == generation]
+        # Taken on a connection that has since dropped (maybe while its digests were made):
+        # the broker sends it again.
+        if all(m.generation == generation for m in batch):
+            current, digests = list(batch), list(digested)
+        else:
+            kept = [
+                (m, d) for m, d in zip(batch, digested, strict=True) if m.generation == generation
+            ]
+            current, digests = [m for m, _ in kept], [d for _, d in kept]
         if not current:
             return
         self._status.taken(len(current))
         payloads = [m.payload for m in current]
-        digests = self._digest([(m.topic, m.payload) for m in current])
         spool = self._spool
         seen = spool.seen(d.key for d in digests if d.key is not None)
         targets = {t.sink.name: t for t in self._targets()}
@@ -236,16 +271,26 @@ class Intake:
                 elapsed=(now - message.received_ns) / 1e9,
             )
 
-    def _digest(self, items: list[tuple[str | None, bytes]]) -> list[Digest]:
+    def _submit(self, batch: Sequence[InboundMessage]) -> _Group:
+        """Start digesting a group in the workers; a small one is digested here, later."""
         pool = self._pool
-        if pool is not None and len(items) >= self._pool_threshold:
+        if pool is not None and len(batch) >= self._pool_threshold:
+            return _Group(batch, pool.submit([(m.topic, m.payload) for m in batch]))
+        return _Group(batch, None)
+
+    def _digests(self, group: _Group) -> list[Digest]:
+        pool, slices = self._pool, group.slices
+        if pool is not None and slices is not None:
             try:
-                return pool.digest(items)
+                return pool.collect(slices, self._log)
             except BrokenProcessPool:
                 # Nothing of this group was stored or acknowledged: it is digested here instead.
-                self._log.error("digest_worker_died", messages=len(items), restarts=pool.restarts)
-                pool.restart()
-        return [digest_message(self._pipeline, self._log, t, p) for t, p in items]
+                self._log.error(
+                    "digest_worker_died", messages=len(group.batch), restarts=pool.restarts
+                )
+                pool.restart(slices)
+        pipeline, log = self._pipeline, self._log
+        return [digest_message(pipeline, log, m.topic, m.payload) for m in group.batch]
 
     def _deliver_direct(self, target: Target, records: list[Forward]) -> list[NewRow]:
         """Hand records to a caught-up local sink; return the rows of what it did not take."""

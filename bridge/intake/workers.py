@@ -1,52 +1,69 @@
 """Worker processes for the pure core: each decodes, validates and encodes part of a group.
 
 The intake hands a group's messages to the workers in as many slices as there are workers
-(a hand-off per message would cost as much as the work) and gets back one `Digest` per
-message, in order; it then stores and acknowledges the group itself, so per-customer order
-and ack-after-commit hold exactly as in one process. A worker that dies breaks the pool: the
-intake digests that group itself, nothing of it stored or acknowledged before, and the pool
-starts afresh.
+(a hand-off per message would cost as much as the work), each slice one msgpack frame of
+topics and payloads on the worker's stdin, and reads back one frame of `Digest`s per slice,
+in order, on its stdout; it then stores and acknowledges the group itself, so per-customer
+order and ack-after-commit hold exactly as in one process. A worker that dies breaks the
+pool: the intake digests that group itself, nothing of it stored or acknowledged before, and
+the pool starts afresh.
 
-Workers come from a fork server that has imported the core once, so a new worker costs a
-fork, not an interpreter start; they ignore SIGINT (a Ctrl-C reaches the whole process group,
-and the supervisor stops them in order).
+A worker is `python -m bridge.intake.workers`: it imports the core and nothing else (not the
+config, the sinks, the spool, the logging setup, nor the program it was started from, as a
+multiprocessing child would), and logs nothing: a bug in the core comes back with the
+digests and the intake logs it. It ignores SIGINT (a Ctrl-C reaches the whole process group,
+and the supervisor stops it in order) and dies with the bridge (PR_SET_PDEATHSIG, and the
+end of its stdin).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import ctypes
-import multiprocessing
-import multiprocessing.forkserver
+import fcntl
 import os
+import pickle
 import signal
+import struct
+import subprocess
+import sys
 from collections.abc import Sequence
-from concurrent.futures.process import BrokenProcessPool
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, Protocol
 
-import structlog
+import msgspec
 
-from bridge import logs
 from bridge.core.digest import Digest, digest
 from bridge.core.pipeline import Disposition, Outcome, Pipeline
-from bridge.core.topics import Selection
-from bridge.core.validate import Rules
 
 if TYPE_CHECKING:
     from bridge.config import Config
 
 Item = tuple[str | None, bytes]
+Failure = tuple[str, str, str]  # topic, exception type, file:line where it was raised
 
-_pipeline: Pipeline | None = None
+_ITEMS_OUT = msgspec.msgpack.Encoder()
+_ITEMS_IN = msgspec.msgpack.Decoder(list[tuple[str | None, bytes]])
+_DIGESTS_OUT = msgspec.msgpack.Encoder()
+_DIGESTS_IN = msgspec.msgpack.Decoder(tuple[list[Digest], list[Failure]])
+_LENGTH = struct.Struct("!I")
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+F_SETPIPE_SZ = 1031  # linux/fcntl.h
+PIPE_BYTES = 1 << 20  # the default pipe-max-size: a slice of a group fits, the write returns
+
+
+class BrokenProcessPool(RuntimeError):
+    """A worker died (or the pool was closed) with a slice under way."""
+
+
+class FailureLog(Protocol):
+    """Where `digest_message` reports a bug in the core (a logger, or a worker's list)."""
+
+    def error(self, event: str, *args: Any, **fields: Any) -> Any:
+        """Report `event` with `fields`."""
 
 
 def digest_message(
-    pipeline: Pipeline,
-    logger: structlog.typing.FilteringBoundLogger,
-    topic: str | None,
-    payload: bytes,
+    pipeline: Pipeline, logger: FailureLog, topic: str | None, payload: bytes
 ) -> Digest:
     """The digest of one message; a bug in the core is logged and becomes `failed_in_bridge`."""
     if topic is None:
@@ -70,107 +87,224 @@ def digest_message(
     return digest(outcome, payload)
 
 
-def _die_with_parent() -> None:
-    # A bridge killed with SIGKILL must not leave its workers behind, orphaned and waiting for
-    # work forever. The fork server exits once nobody holds its "alive" pipe, but it hands each
-    # child a copy (for children of children, which workers never have): closing ours lets it
-    # go with the bridge, and the kernel then kills each worker when its parent is gone.
-    server = getattr(multiprocessing.forkserver, "_forkserver", None)
-    alive = getattr(server, "_forkserver_alive_fd", None)
-    if alive is not None:
-        with contextlib.suppress(OSError):
-            os.close(alive)
-        server._forkserver_alive_fd = None  # type: ignore[union-attr]
-    parent = os.getppid()
+class _Failures:
+    """A worker's `FailureLog`: kept for the intake, which logs them."""
+
+    def __init__(self) -> None:
+        self.found: list[Failure] = []
+
+    def error(self, event: str, *args: Any, **fields: Any) -> None:
+        self.found.append((str(fields["topic"]), str(fields["error"]), str(fields["where"])))
+
+
+def _read_frame(stream: IO[bytes]) -> bytes | None:
+    head = stream.read(_LENGTH.size)
+    if len(head) < _LENGTH.size:
+        return None
+    (size,) = _LENGTH.unpack(head)
+    body = stream.read(size)
+    return body if len(body) == size else None
+
+
+def _write_frame(stream: IO[bytes], blob: bytes) -> None:
+    stream.write(_LENGTH.pack(len(blob)))
+    stream.write(blob)
+    stream.flush()
+
+
+def _die_with_parent(parent: int) -> None:
+    # A bridge killed with SIGKILL must not leave its workers behind: the kernel kills each
+    # worker when its parent is gone.
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent went before the request was in place
         os._exit(1)
 
 
-def _start(rules: Rules, selection: Selection, level: str, fmt: str, redact: bool) -> None:
-    global _pipeline  # noqa: PLW0603 - one pipeline per worker process, built once
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
-    logs.configure(level, fmt, redact_personal=redact)
-    _pipeline = Pipeline(rules, selection)
-
-
-def _digest_slice(items: Sequence[Item]) -> list[Digest]:
-    pipeline = _pipeline
-    assert pipeline is not None, "the worker was not started by DigestPool"
-    logger = logs.get_logger(worker=os.getpid())
-    return [digest_message(pipeline, logger, topic, payload) for topic, payload in items]
-
-
-def _pid() -> int:
-    return os.getpid()
+def serve(source: IO[bytes], sink: IO[bytes]) -> None:
+    """A worker's loop: the pipeline's settings, then slices in, digests out, until EOF."""
+    first = _read_frame(source)
+    if first is None:
+        return
+    rules, selection = pickle.loads(first)  # noqa: S301 - from our own parent, on a pipe
+    pipeline = Pipeline(rules, selection)
+    while (blob := _read_frame(source)) is not None:
+        failures = _Failures()
+        digests = [digest_message(pipeline, failures, t, p) for t, p in _ITEMS_IN.decode(blob)]
+        _write_frame(sink, _DIGESTS_OUT.encode((digests, failures.found)))
 
 
 def default_processes() -> int:
-    """Worker processes when the config says `auto`: one per core, none on a single core."""
+    """Worker processes when the config says `auto`: one per core, none on a single core.
+
+    Not one fewer for the intake's own thread: two workers halve the time the intake waits
+    for a group's digests, and on two cores drained 0.76-0.81 x the bare subscriber against
+    0.62-0.66 with one (docs/performance.md)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return cores if cores and cores > 1 else 0
+
+
+class Slices(NamedTuple):
+    """A group under way in the workers: the workers given a slice, and the pool's epoch."""
+
+    workers: list[subprocess.Popen[bytes]]
+    epoch: int
+    broken: bool
 
 
 class DigestPool:
     """`processes` workers digesting slices of a group, in order."""
 
-    def __init__(self, processes: int, config: Config) -> None:
+    def __init__(self, processes: int, config: Config, logger: FailureLog | None = None) -> None:
         self.processes = processes
-        settings = config.logging
-        # The core's own objects, not the config models: a worker then never imports the
-        # config, the sinks or the spool, and stays small.
-        self._initargs = (
-            config.validation.rules(),
-            config.subscription.selection(),
-            settings.level,
-            settings.format,
-            settings.redact,
+        self._log = logger
+        # The core's own objects, not the config models: a worker never imports the config.
+        self._settings = pickle.dumps(
+            (config.validation.rules(), config.subscription.selection()),
+            protocol=pickle.HIGHEST_PROTOCOL,
         )
-        self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(["bridge.intake.workers"])
-        self._executor = self._make()
         self.restarts = 0
+        self._closed = False
+        self._workers = self._make()
 
-    def _make(self) -> concurrent.futures.ProcessPoolExecutor:
-        return concurrent.futures.ProcessPoolExecutor(
-            self.processes,
-            mp_context=self._context,
-            initializer=_start,
-            initargs=self._initargs,
-        )
+    def _make(self) -> list[subprocess.Popen[bytes]]:
+        parent = str(os.getpid())
+        made = []
+        for _ in range(self.processes):
+            worker = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [sys.executable, "-m", "bridge.intake.workers", parent],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                close_fds=True,
+            )
+            assert worker.stdin is not None and worker.stdout is not None
+            for pipe in (worker.stdin, worker.stdout):
+                # A 64 KiB pipe would hold the intake in its write until the worker has read
+                # most of a slice (half a group is about 400 KB).
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(pipe.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
+            with contextlib.suppress(OSError):
+                _write_frame(worker.stdin, self._settings)
+            made.append(worker)
+        return made
 
     def warm(self) -> list[int]:
-        """Start every worker now (not on the first group); their process ids."""
-        futures = [self._executor.submit(_pid) for _ in range(self.processes)]
-        for future in futures:
-            future.result()  # one worker may answer both: the pool's own list says who runs
+        """Wait until every worker answers (an empty slice each); their process ids."""
+        with contextlib.suppress(BrokenProcessPool):
+            self.collect(Slices(list(self._workers), self.restarts, False), empty=True)
         return self.pids()
 
     def pids(self) -> list[int]:
         """The process ids of the workers running now."""
-        processes = getattr(self._executor, "_processes", None) or {}
-        return sorted(int(pid) for pid in processes)
+        return sorted(w.pid for w in self._workers if w.poll() is None)
+
+    def submit(self, items: Sequence[Item]) -> Slices:
+        """Start digesting `items` (in slices, one per worker); `collect` takes the result."""
+        size = -(-len(items) // self.processes)
+        given: list[subprocess.Popen[bytes]] = []
+        broken = False
+        for worker, start in zip(self._workers, range(0, len(items), size), strict=False):
+            assert worker.stdin is not None
+            try:
+                _write_frame(worker.stdin, _ITEMS_OUT.encode(items[start : start + size]))
+            except (OSError, ValueError):  # a worker died since the last group
+                broken = True
+                break
+            given.append(worker)
+        return Slices(given, self.restarts, broken)
+
+    def collect(
+        self, slices: Slices, logger: FailureLog | None = None, *, empty: bool = False
+    ) -> list[Digest]:
+        """The digests of a `submit`, in order; the core's bugs the workers met go to
+        `logger`. `BrokenProcessPool` when a worker died (or the pool was restarted or
+        closed meanwhile)."""
+        if slices.broken or slices.epoch != self.restarts or self._closed:
+            raise BrokenProcessPool("a worker died")
+        found: list[Digest] = []
+        if empty:  # ask each worker for nothing: it answers once it is up
+            for worker in slices.workers:
+                assert worker.stdin is not None
+                with contextlib.suppress(OSError, ValueError):
+                    _write_frame(worker.stdin, _ITEMS_OUT.encode([]))
+        for worker in slices.workers:
+            assert worker.stdout is not None
+            try:
+                blob = _read_frame(worker.stdout)
+            except (OSError, ValueError):
+                blob = None
+            if blob is None:
+                raise BrokenProcessPool(f"worker {worker.pid} died")
+            digests, failures = _DIGESTS_IN.decode(blob)
+            if logger is not None:
+                for topic, error, where in failures:
+                    logger.error(
+                        "pipeline_failed",
+                        topic=topic,
+                        error=error,
+                        where=where,
+                        kept="dead letters",
+                        worker=worker.pid,
+                    )
+            found.extend(digests)
+        return found
 
     def digest(self, items: Sequence[Item]) -> list[Digest]:
         """The digests of `items`, in order. `BrokenProcessPool` when a worker died."""
-        size = -(-len(items) // self.processes)
-        futures = [
-            self._executor.submit(_digest_slice, items[start : start + size])
-            for start in range(0, len(items), size)
-        ]
-        return [d for future in futures for d in future.result()]
+        return self.collect(self.submit(items))
 
-    def restart(self) -> None:
-        """Replace a broken pool by a fresh one."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self._executor = self._make()
+    def restart(self, broken: Slices | None = None) -> None:
+        """Replace the workers by fresh ones; not again for another group that was under way
+        in the same broken pool (`broken`), nor once closed."""
+        if self._closed or (broken is not None and broken.epoch != self.restarts):
+            return
+        self._stop(0.0)
+        self._workers = self._make()
         self.restarts += 1
 
     def close(self) -> None:
         """Stop the workers."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._closed = True
+        self._stop(5.0)
+
+    def _stop(self, timeout: float) -> None:
+        for worker in self._workers:
+            with contextlib.suppress(OSError, ValueError):
+                assert worker.stdin is not None
+                worker.stdin.close()  # a worker exits at the end of its input
+        for worker in self._workers:
+            try:
+                worker.wait(timeout)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+            if worker.stdout is not None:
+                worker.stdout.close()
 
 
-__all__ = ["BrokenProcessPool", "DigestPool", "default_processes", "digest_message"]
+def main() -> None:
+    """A worker process: `python -m bridge.intake.workers PARENT_PID`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(int(sys.argv[1]))
+    try:
+        serve(sys.stdin.buffer, sys.stdout.buffer)
+    except BrokenPipeError:
+        pass  # the bridge went away mid-answer
+    except BaseException as exc:  # noqa: BLE001 - the message may quote a payload (SPEC 8)
+        # Its type only; the intake redoes the group itself and meets the same error there.
+        sys.stderr.write(f"bridge worker {os.getpid()}: {type(exc).__name__}\n")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = [
+    "BrokenProcessPool",
+    "DigestPool",
+    "Slices",
+    "default_processes",
+    "digest_message",
+    "serve",
+]

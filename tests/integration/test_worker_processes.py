@@ -56,7 +56,7 @@ def test_workers_digest_in_a_running_bridge_and_die_with_it(
     tmp_path: Path,
 ) -> None:
     """Two workers start with the bridge and digest a backlog in order; a kill -9 of the bridge
-    takes its fork server and workers with it (none is left orphaned)."""
+    takes its workers with it (none is left orphaned)."""
     out = tmp_path / "out.jsonl"
     bridge = bridges(
         config(mosquitto, [{"type": "jsonl", "path": str(out)}], validation={"workers": 2})

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
 import re
 import signal
+import struct
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 import structlog
 
 from bridge.config import Config
 from bridge.core.digest import Digest
 from bridge.core.pipeline import Pipeline
-from bridge.intake.workers import DigestPool, digest_message
+from bridge.intake.workers import DigestPool, Slices, digest_message, serve
 from bridge.runtime import Bridge
 from bridge.testing import FakeConnection
 
@@ -71,7 +77,9 @@ def pool() -> Iterator[DigestPool]:
 def comparable(digests: list[Digest]) -> list[object]:
     """Digests without what differs from run to run: the alarms' own ids and times."""
     return [
-        d._replace(alarm_bodies=tuple(VARYING.sub("", body) for body in d.alarm_bodies))
+        msgspec.structs.replace(
+            d, alarm_bodies=tuple(VARYING.sub("", body) for body in d.alarm_bodies)
+        )
         for d in digests
     ]
 
@@ -136,3 +144,214 @@ def test_a_killed_worker_costs_no_message(tmp_path: Path) -> None:
     ]
     lines = (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["msgId"] for line in lines] == expected  # once each, in order
+
+
+def worker_bridge(tmp_path: Path) -> Bridge:
+    """A bridge with two worker processes, a jsonl sink and a FakeConnection, not started."""
+    config = Config.model_validate(
+        {
+            "spool": {"path": str(tmp_path / "spool.db"), "synchronous": "NORMAL"},
+            "health": {"enabled": False},
+            "validation": {"workers": 2},
+            "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
+        }
+    )
+    return Bridge(config, structlog.get_logger("test"), connection=FakeConnection.of)
+
+
+def expected_ids(batch: Sequence[tuple[str | None, bytes]]) -> list[str]:
+    """The msgIds of the records `batch` forwards, in order, as one process makes them."""
+    pipeline = Pipeline(CONFIG.validation.rules(), CONFIG.subscription.selection())
+    log = structlog.get_logger("test")
+    return [
+        json.loads(record.body)["msgId"]
+        for topic, payload in batch
+        for record in digest_message(pipeline, log, topic, payload).forward
+    ]
+
+
+def written_ids(tmp_path: Path) -> list[str]:
+    """The msgIds of the jsonl sink's lines."""
+    lines = (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line)["msgId"] for line in lines]
+
+
+class Trace:
+    """Records the intake's steps (submit to the workers, commit, ack) as they happen, holds
+    the first commit until the next group was handed to the workers, and calls
+    `after_second_submit` once that group is under way."""
+
+    def __init__(
+        self, bridge: Bridge, after_second_submit: Callable[[], None] = lambda: None
+    ) -> None:
+        self.steps: list[tuple[str, int]] = []
+        self.second_submit = threading.Event()
+        pool, spool, connection = bridge.pool, bridge.spool, bridge.connection
+        assert pool is not None and isinstance(connection, FakeConnection)
+        submit, store = pool.submit, spool.store
+
+        def traced_submit(items: Sequence[tuple[str | None, bytes]]) -> Slices:
+            self.steps.append(("submit", len(items)))
+            slices = submit(items)
+            if not self.second_submit.is_set() and len(self.steps) >= 2:
+                after_second_submit()
+                self.second_submit.set()
+            return slices
+
+        def traced_store(rows: Any, keys: Sequence[str], raws: Any) -> None:
+            self.second_submit.wait(10)
+            store(rows, keys, raws)
+            self.steps.append(("commit", len(keys)))
+
+        def traced_ack(generation: int, ids: Sequence[int]) -> None:
+            self.steps.append(("ack", len(ids)))
+
+        pool.submit = traced_submit  # type: ignore[method-assign]
+        spool.store = traced_store  # type: ignore[method-assign]
+        connection.on_ack = traced_ack
+
+
+def run(bridge: Bridge, batch: Sequence[tuple[str | None, bytes]], read: int = 40) -> None:
+    """Start the intake thread, deliver `batch` in reads of `read`, wait for every ack, stop."""
+    connection = bridge.connection
+    assert isinstance(connection, FakeConnection)
+    bridge.intake.start(connection)
+    for start in range(0, len(batch), read):
+        connection.deliver(*(connection.message(t, p) for t, p in batch[start : start + read]))
+    wait = sum(1 for _ in batch)
+    deadline = time.monotonic() + 30
+    while len(connection.acked) < wait and time.monotonic() < deadline:
+        time.sleep(0.01)
+    bridge.intake.stop(10)
+
+
+def close(bridge: Bridge) -> None:
+    """Stop the workers, close the sinks and the spool."""
+    if bridge.pool is not None:
+        bridge.pool.close()
+    for target in bridge.targets:
+        target.sink.close()
+    bridge.spool.close()
+
+
+def test_workers_digest_the_next_group_while_the_intake_commits(tmp_path: Path) -> None:
+    """Pipelined: a group is handed to the workers before the one before it is committed;
+    every group is still committed before it is acked, and acked in receive order."""
+    bridge = worker_bridge(tmp_path)
+    trace = Trace(bridge)
+    batch = items(600)
+    try:
+        run(bridge, batch)
+    finally:
+        close(bridge)
+
+    connection = bridge.connection
+    assert isinstance(connection, FakeConnection)
+    assert connection.acked == list(range(1, 601))
+    assert written_ids(tmp_path) == expected_ids(batch)  # once each, in order
+    steps = [step for step, _ in trace.steps]
+    assert steps[:3] == ["submit", "submit", "commit"]  # group 2 under way before 1 is stored
+    commits = [i for i, step in enumerate(steps) if step == "commit"]
+    acks = [i for i, step in enumerate(steps) if step == "ack"]
+    assert len(commits) == len(acks)
+    assert all(c < a for c, a in zip(commits, acks, strict=True))  # each ack after its commit
+    assert all(a < c for a, c in zip(acks, commits[1:], strict=False))  # and before the next
+
+
+def test_a_reconnect_while_the_workers_digest_acks_nothing_of_those_groups(
+    tmp_path: Path,
+) -> None:
+    """The connection changes while two groups are digested: neither is stored nor acked
+    (the broker sends them again); what arrives on the new connection is."""
+    bridge = worker_bridge(tmp_path)
+    connection = bridge.connection
+    assert isinstance(connection, FakeConnection)
+    trace = Trace(bridge, after_second_submit=connection.reconnect)
+    assert bridge.pool is not None
+    collect, delivered = bridge.pool.collect, threading.Event()
+
+    def held_collect(slices: Slices, logger: Any = None) -> list[Digest]:
+        delivered.wait(10)  # the second read is queued before the first group's digests return
+        return collect(slices, logger)
+
+    bridge.pool.collect = held_collect  # type: ignore[method-assign]
+    batch = items(200)
+    try:
+        bridge.intake.start(connection)
+        connection.deliver(*(connection.message(t, p) for t, p in batch[:60]))
+        deadline = time.monotonic() + 10
+        while not trace.steps and time.monotonic() < deadline:
+            time.sleep(0.01)  # the first group is under way: the next read makes a second
+        connection.deliver(*(connection.message(t, p) for t, p in batch[60:120]))
+        delivered.set()
+        deadline = time.monotonic() + 10
+        while connection.generation == 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        fresh = batch[120:]
+        connection.deliver(*(connection.message(t, p) for t, p in fresh))
+        deadline = time.monotonic() + 30
+        while len(connection.acked) < len(fresh) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        bridge.intake.stop(10)
+    finally:
+        close(bridge)
+
+    assert connection.refused_acks == []
+    assert {generation for generation, _ in connection.acks} == {2}
+    assert connection.acked == list(range(1, len(fresh) + 1))
+    written = written_ids(tmp_path)
+    assert written[-len(expected_ids(fresh)) :] == expected_ids(fresh)
+
+
+def test_a_worker_killed_with_a_group_under_way_costs_no_message(tmp_path: Path) -> None:
+    """A worker killed while the next group is under way in the workers: that group is
+    digested by the intake itself, the pool restarts once, and every message is stored and
+    acknowledged once, in order."""
+    bridge = worker_bridge(tmp_path)
+    assert bridge.pool is not None
+    first = bridge.pool.warm()
+
+    def kill() -> None:
+        os.kill(first[0], signal.SIGKILL)  # the group just submitted is under way
+
+    Trace(bridge, after_second_submit=kill)
+    batch = items(600)
+    try:
+        run(bridge, batch)
+        after = bridge.pool.warm()  # the fresh pool, whether or not it had work since
+    finally:
+        close(bridge)
+
+    connection = bridge.connection
+    assert isinstance(connection, FakeConnection)
+    assert connection.acked == list(range(1, 601))
+    assert written_ids(tmp_path) == expected_ids(batch)
+    assert bridge.pool.restarts == 1
+    assert after and first[0] not in after
+
+
+def test_a_worker_loop_answers_each_slice_with_its_digests_and_stops_at_eof() -> None:
+    """The worker's loop over its pipes: the settings, then two slices in, two frames of
+    digests out, equal to those made here, and nothing more once its input ends."""
+    settings = pickle.dumps((CONFIG.validation.rules(), CONFIG.subscription.selection()))
+    batch = items(120)
+    source = io.BytesIO()
+    for blob in (settings, msgspec.msgpack.encode(batch[:70]), msgspec.msgpack.encode(batch[70:])):
+        source.write(struct.pack("!I", len(blob)) + blob)
+    source.seek(0)
+    sink = io.BytesIO()
+
+    serve(source, sink)
+
+    answers = sink.getvalue()
+    decoder = msgspec.msgpack.Decoder(tuple[list[Digest], list[tuple[str, str, str]]])
+    frames, offset = [], 0
+    while offset < len(answers):
+        (size,) = struct.unpack_from("!I", answers, offset)
+        frames.append(decoder.decode(answers[offset + 4 : offset + 4 + size]))
+        offset += 4 + size
+    pipeline = Pipeline(CONFIG.validation.rules(), CONFIG.subscription.selection())
+    here = [digest_message(pipeline, structlog.get_logger("test"), t, p) for t, p in batch]
+    assert len(frames) == 2
+    assert [failures for _, failures in frames] == [[], []]
+    assert comparable([d for digests, _ in frames for d in digests]) == comparable(here)
