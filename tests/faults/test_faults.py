@@ -46,10 +46,12 @@ from faultkit import (
 
 SEED = int(os.environ.get("FAULT_SEED", random.randrange(1 << 30)))
 SINK_BATCH = 100  # the sinks' default batch_size
+# The kill -9 scenario's `spool.intake_batch` (1,000 by default): the largest group the intake
+# writes to a caught-up sink before its commit, so the most a kill can repeat from there.
+KILL_GROUP = 200
 # What a kill can catch in flight at a jsonl sink: the batch its worker had taken, or, while the
-# sink is caught up, the batch the intake wrote itself before its commit (spool.intake_batch,
-# 200 by default, messages of one record each here).
-IN_FLIGHT = max(SINK_BATCH, 200)
+# sink is caught up, the group the intake wrote itself before its commit (one record each here).
+IN_FLIGHT = max(SINK_BATCH, KILL_GROUP)
 
 
 def jsonl_sink(path: Path) -> dict[str, Any]:
@@ -95,7 +97,13 @@ def test_kill_9_of_the_bridge_three_times_loses_nothing(
     valid = sum(m.valid for m in messages)
     out = tmp_path / "out" / "customers.jsonl"
     spool = tmp_path / "state" / "spool.db"
-    cfg = bridge_config(mosquitto, [jsonl_sink(out)], spool, client_id="fault-kill9")
+    cfg = bridge_config(
+        mosquitto,
+        [jsonl_sink(out)],
+        spool,
+        client_id="fault-kill9",
+        spool_options={"intake_batch": KILL_GROUP},
+    )
     bridge = bridges(cfg, "kill9-").start().wait_ready()
     publisher = Publisher(mosquitto, messages).start()
     cuts: list[int] = []  # lines in the sink's file once each killed bridge was gone

@@ -179,10 +179,14 @@ def written_ids(tmp_path: Path) -> list[str]:
 class Trace:
     """Records the intake's steps (submit to the workers, commit, ack) as they happen, holds
     the first commit until the next group was handed to the workers, and calls
-    `after_second_submit` once that group is under way."""
+    `before_second_submit` just before that group is handed over and `after_second_submit`
+    once it is under way."""
 
     def __init__(
-        self, bridge: Bridge, after_second_submit: Callable[[], None] = lambda: None
+        self,
+        bridge: Bridge,
+        after_second_submit: Callable[[], None] = lambda: None,
+        before_second_submit: Callable[[], None] = lambda: None,
     ) -> None:
         self.steps: list[tuple[str, int]] = []
         self.second_submit = threading.Event()
@@ -192,8 +196,11 @@ class Trace:
 
         def traced_submit(items: Sequence[tuple[str | None, bytes]]) -> Slices:
             self.steps.append(("submit", len(items)))
+            second = not self.second_submit.is_set() and len(self.steps) >= 2
+            if second:
+                before_second_submit()
             slices = submit(items)
-            if not self.second_submit.is_set() and len(self.steps) >= 2:
+            if second:
                 after_second_submit()
                 self.second_submit.set()
             return slices
@@ -311,10 +318,14 @@ def test_a_worker_killed_with_a_group_under_way_costs_no_message(tmp_path: Path)
     assert bridge.pool is not None
     first = bridge.pool.warm()
 
+    def hold() -> None:
+        # Stopped, it cannot answer the slice it is about to be given before the kill lands.
+        os.kill(first[0], signal.SIGSTOP)
+
     def kill() -> None:
         os.kill(first[0], signal.SIGKILL)  # the group just submitted is under way
 
-    Trace(bridge, after_second_submit=kill)
+    Trace(bridge, after_second_submit=kill, before_second_submit=hold)
     batch = items(600)
     try:
         run(bridge, batch)
