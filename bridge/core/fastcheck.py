@@ -1,101 +1,66 @@
-"""A one-pass check of a whole customerList against the field tables, in pydantic-core (pure).
+"""A one-pass check of a whole customerList against the field tables, in msgspec (pure).
 
 The common case is a batch of records that are already right: strings that fit, ints in
 range, no lenient conversion needed but long ids sent as numbers. For that case this module
-answers "all accepted" from one call into pydantic's Rust core, about three times faster than
+answers "all accepted" from one `msgspec.convert` call, several times faster than
 `records.check_record` per record. Anything else (a record out of the tables, a numeric string,
 strict mode) gets None, and validation takes the record-by-record path, which alone says why.
 Both paths accept exactly the same output for a batch the fast one accepts (tests/unit).
+
+The schema is derived from `records.FIELDS`, the one SPEC 3 table: nothing here restates a
+limit. msgspec converts strictly (no bool for an int, no float for an int, no int for a
+string) and ignores the fields the table does not name, which lenient mode keeps as they are.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Required
+from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
-from typing_extensions import TypedDict  # pydantic wants this one before Python 3.12
+import msgspec
 
-from bridge.core.records import ADD_EDIT_FIELDS, FIELDS, INT64_MAX, INT64_MIN, Op, Type
+from bridge.core.records import FIELDS, INT64_MAX, INT64_MIN, Field, Op, Type
 
-_Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
-_Id = Annotated[str, StringConstraints(min_length=1, max_length=36)]
-_Long = Annotated[str, StringConstraints(max_length=36)] | _Int64
-_RequiredLong = Annotated[str, StringConstraints(min_length=1, max_length=36)] | _Int64
-_S11 = Annotated[str, StringConstraints(max_length=11)] | None
-_S15 = Annotated[str, StringConstraints(max_length=15)] | None
-_S20 = Annotated[str, StringConstraints(max_length=20)] | None
-_S45 = Annotated[str, StringConstraints(max_length=45)] | None
-_S50 = Annotated[str, StringConstraints(max_length=50)] | None
-_S100 = Annotated[str, StringConstraints(max_length=100)] | None
-_S255 = Annotated[str, StringConstraints(max_length=255)] | None
-_Int0to2 = Annotated[int, Field(ge=0, le=2)] | None
-_Int0to4 = Annotated[int, Field(ge=0, le=4)] | None
-_Int0to7 = Annotated[int, Field(ge=0, le=7)] | None
-_Int0to200 = Annotated[int, Field(ge=0, le=200)] | None
-_CONFIG = ConfigDict(extra="allow", strict=True)
+_INT64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
 
 
-class _AddEdit(TypedDict, total=False):
-    """SPEC 3's add/edit table as pydantic reads it (kept in step by tests/unit)."""
-
-    __pydantic_config__ = _CONFIG  # type: ignore[misc]  # pydantic reads it off the class
-
-    id: Required[_Id]
-    projectId: Required[_RequiredLong]
-    name: Required[Annotated[str, StringConstraints(min_length=1, max_length=20)]]
-    phone: Required[Annotated[str, StringConstraints(min_length=1, max_length=15)]]
-    idType: _Int0to4
-    idNumber: _S45
-    sex: _Int0to2
-    age: _Int0to200
-    spaceIds: list[str] | None
-    companyIds: list[str] | None
-    customerGradeId: _Long | None
-    customerTypeId: _Long | None
-    roleId: _Long | None
-    contractName: _S50
-    contractPhone: _S15
-    address: _S50
-    email: _S50
-    remark: _S100
-    bornDate: _Int64 | None
-    nativePlace: _S20
-    nation: _S20
-    profession: _S20
-    interest: _S20
-    character: _S20
-    postalCode: _S20
-    jobNum: _S20
-    speciality: _S50
-    marriage: _Int0to4
-    education: _Int0to7
-    facePhoto: _S255
-    meta: dict[str, Any] | None
+def _text(spec: Field) -> Any:
+    # A required string must not be empty; whitespace-only is tested after (see accept_all).
+    shortest = 1 if spec.required else 0
+    return Annotated[str, msgspec.Meta(min_length=shortest, max_length=spec.max_len)]
 
 
-class _Delete(TypedDict, total=False):
-    """SPEC 3's delete table."""
+def _annotation(spec: Field) -> Any:
+    """The msgspec type of one row of the table."""
+    kind: Any
+    if spec.type is Type.STRING:
+        kind = _text(spec)
+    elif spec.type is Type.LONG:
+        kind = _text(spec) | _INT64
+    elif spec.type is Type.INT:
+        kind = Annotated[int, msgspec.Meta(ge=spec.minimum, le=spec.maximum)]
+    elif spec.type is Type.STRING_LIST:
+        kind = list[str]
+    else:
+        kind = dict[str, Any]
+    return kind if spec.required else kind | None
 
-    __pydantic_config__ = _CONFIG  # type: ignore[misc]
 
-    id: Required[_Id]
-    phone: _S11
-    meta: dict[str, Any] | None
+def _schema(op: Op) -> Any:
+    """`list[Struct]` of `op`'s table: required fields without a default, the others None."""
+    table = FIELDS[op]
+    required = [(name, _annotation(f)) for name, f in table.items() if f.required]
+    optional = [(name, _annotation(f), None) for name, f in table.items() if not f.required]
+    record = msgspec.defstruct(f"_{op.name.title()}Record", [*required, *optional])
+    return list[record]  # type: ignore[valid-type]
 
 
-_BATCHES: Mapping[Op, TypeAdapter[Any]] = {
-    Op.ADD: TypeAdapter(list[_AddEdit]),
-    Op.EDIT: TypeAdapter(list[_AddEdit]),
-    Op.DELETE: TypeAdapter(list[_Delete]),
-}
+_BATCHES: Mapping[Op, Any] = {op: _schema(op) for op in Op}
 _REQUIRED_TEXT: Mapping[Op, tuple[str, ...]] = {
     op: tuple(n for n, f in table.items() if f.required) for op, table in FIELDS.items()
 }
 _LONG_FIELDS: Mapping[Op, tuple[str, ...]] = {
-    Op.ADD: tuple(n for n, f in ADD_EDIT_FIELDS.items() if f.type is Type.LONG),
-    Op.EDIT: tuple(n for n, f in ADD_EDIT_FIELDS.items() if f.type is Type.LONG),
-    Op.DELETE: (),
+    op: tuple(n for n, f in table.items() if f.type is Type.LONG) for op, table in FIELDS.items()
 }
 
 
@@ -106,13 +71,13 @@ def accept_all(records: list[Any], op: Op) -> list[dict[str, Any]] | None:
     kept), with long ids sent as numbers turned into strings, as `check_record` does.
     """
     try:
-        _BATCHES[op].validate_python(records)
-    except ValidationError:
+        msgspec.convert(records, _BATCHES[op])
+    except msgspec.ValidationError:
         return None
     longs = _LONG_FIELDS[op]
     required = _REQUIRED_TEXT[op]
-    # pydantic's idea of whitespace is not str.isspace(): the blank test stays here, and
-    # runs over every record before any is changed.
+    # The blank test (str.isspace, as check_record has it) runs over every record before
+    # any is changed.
     for record in records:
         for name in required:
             value = record[name]

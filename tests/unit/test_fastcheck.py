@@ -95,10 +95,27 @@ def test_anything_needing_a_conversion_or_a_reason_is_left_to_the_slow_path(
     assert fastcheck.accept_all([record], Op.ADD) is None
 
 
-@pytest.mark.parametrize(
-    ("adapter", "table"),
-    [(fastcheck._AddEdit, ADD_EDIT_FIELDS), (fastcheck._Delete, DELETE_FIELDS)],
-)
-def test_the_batch_schema_names_every_field_of_the_tables(adapter: Any, table: Any) -> None:
-    """The pydantic tables and SPEC 3's tables in records.py list the same fields."""
-    assert set(adapter.__annotations__) == set(table)
+BASE: dict[Op, dict[str, Any]] = {
+    Op.ADD: {"id": "c-1", "projectId": "42", "name": "张三", "phone": "13800138000"},
+    Op.DELETE: {"id": "c-1"},
+}
+LIMITED = [
+    (op, name, spec)
+    for op, table in ((Op.ADD, ADD_EDIT_FIELDS), (Op.DELETE, DELETE_FIELDS))
+    for name, spec in table.items()
+    if spec.max_len is not None or spec.maximum is not None
+]
+
+
+@pytest.mark.parametrize(("op", "name", "spec"), LIMITED, ids=[f"{o}-{n}" for o, n, _ in LIMITED])
+def test_every_limit_of_the_table_holds_on_the_fast_path(op: Op, name: str, spec: Any) -> None:
+    """Each field at its limit passes the batch check; one over (a character longer, one
+    more, one less) is left to the slow path."""
+    if spec.max_len is not None:
+        at, over = ["字" * spec.max_len], ["字" * (spec.max_len + 1)]
+    else:
+        at, over = [spec.maximum, spec.minimum], [spec.maximum + 1, spec.minimum - 1]
+    for value in at:
+        assert fastcheck.accept_all([{**BASE[op], name: value}], op) is not None, value
+    for value in over:
+        assert fastcheck.accept_all([{**BASE[op], name: value}], op) is None, value
