@@ -240,6 +240,8 @@ class SpoolConfig(_Model):
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     max_pending: int = Field(default=1_000_000, ge=1)
     intake_batch: int = Field(default=1000, ge=1)
+    intake_linger: float = Field(default=0.002, ge=0, le=1.0)
+    """Seconds a small group waits for more messages before its commit (fewer fsyncs)."""
     dedup_max_keys: int = Field(default=1_000_000, ge=1)
     dedup_max_age: float = Field(default=8 * 24 * 3600.0, gt=0)
     # The volume: a floor the intake stops at, a reserve for deleting, a quota for garbage.

@@ -114,6 +114,7 @@ class Bridge:
             targets=self.targets.current,
             taken_directly=self.targets.taken_directly,
             group=spool.intake_batch,
+            linger=spool.intake_linger,
             max_pending=spool.max_pending,
             queue_limit=config.broker.receive_maximum + spool.intake_batch,
             beat=functools.partial(self.watchdog.beat, "intake"),

@@ -264,3 +264,45 @@ def test_qos0_messages_are_stored_and_need_no_ack(bridge: Bridge) -> None:
     assert connection.acks == []
     assert bridge.spool.pending == 1
     assert bridge.stats.unacked == 0
+
+
+def test_a_small_group_lingers_for_more_then_goes_alone(tmp_path: Path) -> None:
+    """Reads arriving one by one within `spool.intake_linger` of the first make one group
+    (one commit, one write of the acks); a lone message then waits no longer than the
+    linger. A group as large as the linger's bound does not wait at all."""
+    linger = 0.5  # long, so the test does not depend on how fast this host is
+    made = make_bridge(tmp_path, intake_linger=linger)
+    connection = fake(made)
+    groups: list[int] = []
+    real = made.spool.store
+
+    def counted(rows: object, keys: Sequence[str], raws: object) -> None:
+        groups.append(len(keys))
+        real(rows, keys, raws)  # type: ignore[arg-type]
+
+    def acked(count: int) -> float:
+        started = time.monotonic()
+        while len(connection.acked) < count and time.monotonic() < started + 10:
+            time.sleep(0.005)
+        return time.monotonic() - started
+
+    made.spool.store = counted  # type: ignore[method-assign,assignment]
+    made.intake.start(connection)
+    try:
+        for i in range(10):
+            connection.deliver(connection.message(TOPIC, payload(f"c{i}")))
+        acked(10)
+        connection.deliver(connection.message(TOPIC, payload("alone")))
+        alone = acked(11)
+        connection.deliver(*(connection.message(TOPIC, payload(f"b{i}")) for i in range(64)))
+        full = acked(75)
+        made.intake.stop(10)
+    finally:
+        for target in made.targets:
+            target.sink.close()
+        made.spool.close()
+
+    assert connection.acked == list(range(1, 76))
+    assert groups == [10, 1, 64]
+    assert alone < 5  # it waited for the linger, and not for ever
+    assert full < linger  # 64 queued at once: no wait for more
