@@ -70,7 +70,7 @@ class Intake:
         pool_threshold: int = 16,
         group_bytes: int | None = None,
         linger: float = 0.0,
-        linger_below: int = 64,
+        linger_below: int = 16,
     ) -> None:
         self.connection: BrokerConnection | None = None
         self.stopping = threading.Event()  # take no more, give up waiting for room
@@ -92,6 +92,9 @@ class Intake:
         # their index entries, the log), and must stay well inside the room above the floor.
         self._group_bytes = group_bytes if group_bytes is not None else max(spool.floor // 16, 1)
         self._pool_threshold = pool_threshold  # below it, a hand-off costs more than the work
+        # Below 16 a group is digested here, not in the workers, and its commit's fixed cost
+        # outweighs its messages' work; at 5,000 msgs/s groups are larger, and a wait there
+        # only held the workers idle (docs/performance.md).
         self._linger = linger
         self._linger_below = min(linger_below, self._group)
         self._queue: collections.deque[InboundMessage] = collections.deque()

@@ -305,4 +305,4 @@ def test_a_small_group_lingers_for_more_then_goes_alone(tmp_path: Path) -> None:
     assert connection.acked == list(range(1, 76))
     assert groups == [10, 1, 64]
     assert alone < 5  # it waited for the linger, and not for ever
-    assert full < linger  # 64 queued at once: no wait for more
+    assert full < linger  # more than the bound queued at once: no wait
