@@ -14,8 +14,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import shtab
-
 from bridge import config, logs, version
 from bridge.core import masking
 from bridge.core.pipeline import Disposition, Pipeline
@@ -40,13 +38,24 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by 
 _PRINTING = frozenset({"check-config", "validate", "dead-letters", "mirror", "completion"})
 
 
-def _config_option(parser: argparse.ArgumentParser) -> None:
+SHELLS = ("bash", "zsh", "tcsh", "fish", "powershell")
+"""The shells `completion` writes a script for (shtab's)."""
+
+
+def _config_option(parser: argparse.ArgumentParser, files: object) -> None:
     # SUPPRESS: the option may be given at either level of `dead-letters -c F list -c F` and a
     # nested parser's default must not overwrite what the outer one parsed; main() checks it.
     option = parser.add_argument(
         "-c", "--config", type=Path, default=argparse.SUPPRESS, help="YAML config file (required)"
     )
-    option.complete = shtab.FILE  # type: ignore[attr-defined]
+    _complete_files(option, files)
+
+
+def _complete_files(option: argparse.Action, files: object) -> None:
+    """Mark an argument as a file name for the completion script (`files` is shtab's FILE;
+    None when the parser is not built for one: shtab is imported by `completion` only)."""
+    if files is not None:
+        option.complete = files  # type: ignore[attr-defined]
 
 
 class _Version(argparse.Action):
@@ -60,7 +69,8 @@ class _Version(argparse.Action):
         parser.exit()
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(files: object = None) -> argparse.ArgumentParser:
+    """The command line; `files` (shtab's FILE) marks the file arguments for completion."""
     parser = argparse.ArgumentParser(
         prog=PROG, description="Customer event bridge: MQTT in, validated records out."
     )
@@ -72,10 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the bridge until SIGTERM / SIGINT")
-    _config_option(run)
+    _config_option(run, files)
 
     check = commands.add_parser("check-config", help="validate a config file and print it")
-    _config_option(check)
+    _config_option(check, files)
 
     validate = commands.add_parser(
         "validate", help="validate one payload offline and print what the bridge would do"
@@ -86,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     payload = validate.add_argument(
         "file", nargs="?", default="-", help="payload file, or - for stdin"
     )
-    payload.complete = shtab.FILE  # type: ignore[attr-defined]
+    _complete_files(payload, files)
     validate.add_argument(
         "--reveal", action="store_true", help="show personal data in clear (it is printed!)"
     )
@@ -94,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     dead = commands.add_parser(
         "dead-letters", help="list, show, replay or purge what sinks gave up on"
     )
-    _config_option(dead)
+    _config_option(dead, files)
     actions = dead.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="one JSON line per dead letter (no record content)")
     listing.add_argument(
@@ -122,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
                 " customer has already overtaken at their sink",
             )
     for action in actions.choices.values():
-        _config_option(action)
+        _config_option(action, files)
 
     mirror = commands.add_parser("mirror", help="look at a mirror sink's table without SQL")
     views = mirror.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -135,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     counts = views.add_parser("stats", help="rows, tombstones and stale events skipped")
     for view in (look, counts):
-        _config_option(view)
+        _config_option(view, files)
         view.add_argument("--sink", help="the mirror sink's name (when there are several)")
 
     demo = commands.add_parser(
@@ -157,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Print a completion script, e.g. `customer-bridge completion bash >"
         " /etc/bash_completion.d/customer-bridge`.",
     )
-    completion.add_argument("shell", choices=shtab.SUPPORTED_SHELLS)
+    completion.add_argument("shell", choices=SHELLS)
     return parser
 
 
@@ -184,7 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return mirror_command(config.load(args.config), args)
         if args.command == "completion":
-            print(shtab.complete(parser, shell=args.shell), end="")
+            import shtab  # noqa: PLC0415 - a tenth of the start-up imports, for this command only
+
+            print(shtab.complete(_parser(shtab.FILE), shell=args.shell), end="")
             return EXIT_OK
         return _demo(args)
     except ConfigError as exc:

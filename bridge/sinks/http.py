@@ -3,6 +3,10 @@ answer or a network failure becomes a `SinkError`. Each sink keeps only its own 
 
 A sink's `Endpoint` is safe to use from several threads at once: httpx's connection pool
 locks itself, and nothing in the endpoint changes after it is built.
+
+httpx is imported when an HTTP sink is configured, not with this module: parsing any config
+imports every sink's settings, and httpx (with what it pulls in) was about a tenth of the
+bridge's start-up imports, for a bridge that may have no HTTP sink at all.
 """
 
 from __future__ import annotations
@@ -12,16 +16,18 @@ import json
 import re
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
-import httpx
 import structlog
 
 from bridge import __version__
 from bridge.errors import SinkError
 from bridge.secrets import Secret
 from bridge.sinks.base import retry_after_of
+
+if TYPE_CHECKING:
+    import httpx
 
 USER_AGENT = f"customer-bridge/{__version__}"
 TRANSIENT_STATUSES = frozenset({408, 429})
@@ -31,11 +37,6 @@ POOL_CONNECTIONS = 16
 KEEPALIVE_EXPIRY = 5.0
 """Seconds an idle connection is kept. Below the idle limit of common servers (Node.js: 5 s,
 nginx: 75 s), so that a request rarely meets a connection the server is closing."""
-POOL = httpx.Limits(
-    max_connections=POOL_CONNECTIONS,
-    max_keepalive_connections=POOL_CONNECTIONS,
-    keepalive_expiry=KEEPALIVE_EXPIRY,
-)
 NOT_JSON = "the batch is not representable as JSON"
 
 # Enough for any acknowledgement; a longer answer costs its connection rather than our time.
@@ -77,6 +78,8 @@ def check_url(
         raise ValueError("the URL cannot hold a query or fragment")
     if root_only and parts.path not in {"", "/"}:
         raise ValueError("the signed API lives at the root: give scheme, host and port only")
+    import httpx  # noqa: PLC0415 - only with an HTTP sink (module docstring)
+
     try:
         _ = parts.port
         httpx.URL(value)
@@ -196,12 +199,19 @@ class Endpoint:
         self.where = f"{kind} {self.host}"
         """How errors and logs name the server: the sink kind and the host."""
         self._secrets = tuple(secrets)
+        import httpx  # noqa: PLC0415 - only with an HTTP sink (module docstring)
+
+        self._transport_error = httpx.TransportError
         self._client = httpx.Client(
             headers={"User-Agent": USER_AGENT, **headers},
             timeout=timeout,
             verify=verify_tls,
             follow_redirects=False,
-            limits=POOL,
+            limits=httpx.Limits(
+                max_connections=POOL_CONNECTIONS,
+                max_keepalive_connections=POOL_CONNECTIONS,
+                keepalive_expiry=KEEPALIVE_EXPIRY,
+            ),
         )
 
     def exchange(
@@ -226,7 +236,7 @@ class Endpoint:
         )
         try:
             response = self._client.send(request, stream=not read)
-        except httpx.TransportError as exc:
+        except self._transport_error as exc:
             # The exception's text may quote the URL, whose query may hold a credential.
             raise SinkError(f"{where or self.where} failed: {type(exc).__name__}") from None
         try:
@@ -276,6 +286,8 @@ def refusal(
 
 def _drain(response: httpx.Response) -> None:
     """Read a short answer to its end so that its connection can be reused."""
+    import httpx  # noqa: PLC0415 - loaded already: the response came from it
+
     received = 0
     try:
         for chunk in response.iter_raw():

@@ -111,10 +111,40 @@ def test_shell_completion_scripts_name_every_command(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     for word in ("check-config", "dead-letters", "replay", "--skip-superseded", "--config"):
         assert word in result.stdout
+    assert "_shtab_compgen_files" in result.stdout  # -c and the payload complete file names
     script = tmp_path / "customer-bridge.bash"
     script.write_text(result.stdout, encoding="utf-8")
     subprocess.run(["bash", "-n", str(script)], check=True, timeout=30)
     assert "customer-bridge" in cli("completion", "zsh", cwd=tmp_path).stdout
+
+
+def test_the_shells_offered_are_the_ones_shtab_writes_for() -> None:
+    """`completion` names its shells without importing shtab at start-up: shtab writes a
+    script for each of them."""
+    import shtab  # noqa: PLC0415 - the comparison is the point
+
+    from bridge.cli import SHELLS  # noqa: PLC0415
+
+    assert set(SHELLS) <= set(shtab.SUPPORTED_SHELLS)
+
+
+def test_a_run_imports_neither_httpx_nor_shtab_without_an_http_sink(tmp_path: Path) -> None:
+    """What `run` loads to parse a config without an HTTP sink: not httpx, not shtab."""
+    code = (
+        "import sys, bridge.cli, bridge.runtime, bridge.config\n"
+        "bridge.config.Config.model_validate({'sinks': [{'type': 'jsonl', 'path': 'x'}]})\n"
+        "print(sorted(m for m in ('httpx', 'shtab') if m in sys.modules))\n"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == "[]"
 
 
 # --- dead letters ---------------------------------------------------------------------------
