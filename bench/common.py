@@ -106,6 +106,11 @@ def rss_mb(pid: int) -> float | None:
     return own + sum(_own_rss_mb(child) or 0.0 for child in process_tree(pid)[1:])
 
 
+def rss_parts_mb(pid: int) -> list[float]:
+    """The resident set size of a process, then of each of its descendants, in MiB."""
+    return [r for r in (_own_rss_mb(p) for p in process_tree(pid)) if r is not None]
+
+
 def _own_cpu_seconds(pid: int) -> float | None:
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:

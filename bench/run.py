@@ -237,12 +237,18 @@ def drain_table(drains: list[Drain], limit_rate: float | None, peer: Drain | Non
         ok = "ok" if check.get("ok", True) else "LOSS/DUP " + json.dumps(check)
         if not d.finished:
             ok = f"UNFINISHED ({d.outputs}/{d.expected_outputs})"
+        # A bridge with workers: its intake's RSS, then each worker's.
+        parts = (
+            " (" + " + ".join(f"{r:.0f}" for r in d.rss_parts_mb) + ")"
+            if len(d.rss_parts_mb) > 1
+            else ""
+        )
         rows.append(
             f"| {d.consumer} | {fmt(d.rate, 0)} | {fmt(d.seconds)} | {fmt(d.first_output_s, 2)} "
             f"| {fmt(d.rate_after_start, 0)} | {fmt(vs_limit, 2)} | {fmt(vs_peer, 2)} "
             f"| {fmt(summary['cpu_us_per_msg'], 0)} "
             f"| {fmt(summary['consumer_cores'], 2)} ({fmt(d.host.get('host_busy_cores'), 2)}) "
-            f"| {fmt(d.rss_mb)} "
+            f"| {fmt(d.rss_mb)}{parts} "
             f"| {d.outputs:,} | {ok} |"
         )
     return "\n".join(rows)

@@ -32,6 +32,7 @@ from common import (
     prime_session,
     publish_all,
     rss_mb,
+    rss_parts_mb,
     stop_process,
 )
 from hook import HookServer
@@ -181,6 +182,8 @@ class Drain:
     alarms: int = 0
     expected_alarms: int = 0
     rss_mb: float | None = None
+    rss_parts_mb: list[float] = field(default_factory=list)
+    """The consumer's process first, then its children (the bridge's workers)."""
     cpu_s: float | None = None
     broker_rss_mb: float | None = None
     check: dict[str, Any] = field(default_factory=dict)
@@ -217,6 +220,7 @@ class Drain:
             "alarms": self.alarms,
             "expected_alarms": self.expected_alarms,
             "rss_mb": None if self.rss_mb is None else round(self.rss_mb, 1),
+            "rss_parts_mb": [round(r, 1) for r in self.rss_parts_mb],
             "cpu_s": None if self.cpu_s is None else round(self.cpu_s, 2),
             "cpu_us_per_msg": None
             if self.cpu_s is None
@@ -579,6 +583,7 @@ def drain_bridge(
                 bridge.alive,
             )
             rss, cpu = bridge.rss(), bridge.cpu()
+            parts = rss_parts_mb(bridge.pid) if bridge.alive() else []
             host = meter.stop()
             if profiler is not None:
                 profiler.finish()
@@ -616,6 +621,7 @@ def drain_bridge(
                 alarms=probe.count,
                 expected_alarms=expected_alarms,
                 rss_mb=rss,
+                rss_parts_mb=parts,
                 cpu_s=cpu,
                 broker_rss_mb=broker_rss,
                 check=check,

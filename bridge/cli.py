@@ -20,6 +20,7 @@ from bridge.core.pipeline import Disposition, Pipeline
 from bridge.core.topics import Selection
 from bridge.core.validate import Mode, Rules
 from bridge.errors import BridgeError, BrokerError, ConfigError, UnavailableError
+from bridge.memory import fix_mmap_threshold
 from bridge.sinks import SinkContext, build_sinks
 from bridge.spool import DeadLetter, Spool, SpoolError
 
@@ -250,6 +251,7 @@ def _silence_stdout() -> None:
 def _run(path: Path) -> int:
     from bridge.runtime import Bridge  # noqa: PLC0415 - keeps `validate` free of paho
 
+    fix_mmap_threshold()  # before the spool, the workers and the first messages
     cfg = config.load(path)
     level = os.environ.get("BRIDGE_LOG_LEVEL", cfg.logging.level).lower()
     if level not in logs.LEVELS:

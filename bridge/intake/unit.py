@@ -37,6 +37,14 @@ from bridge.spool import Spool, SpoolError
 from bridge.status import Status
 
 PRUNE_EVERY = 60.0
+GROUP_BYTES = 2 * 1024 * 1024
+"""The most payload one group carries (beyond its first message). The fsync is paid off
+long before (a group of 100 messages does it); a bulk import (50 KB envelopes) would
+otherwise make groups of hundreds of envelopes, held as documents, events and digests all
+at once (docs/performance.md)."""
+QUEUE_GROUPS = 4
+"""Received payload the intake queues, in groups' worth of `group_bytes`, before the
+connection stops reading the socket (the broker keeps the rest)."""
 
 
 class _Group(NamedTuple):
@@ -90,7 +98,11 @@ class Intake:
         self._pool = pool
         # What one group may carry: a commit writes about four times its payload (the rows,
         # their index entries, the log), and must stay well inside the room above the floor.
-        self._group_bytes = group_bytes if group_bytes is not None else max(spool.floor // 16, 1)
+        self._group_bytes = (
+            group_bytes if group_bytes is not None else max(min(spool.floor // 16, GROUP_BYTES), 1)
+        )
+        self._queue_bytes_limit = QUEUE_GROUPS * self._group_bytes
+        self._queue_bytes = 0
         self._pool_threshold = pool_threshold  # below it, a hand-off costs more than the work
         # Below 16 a group is digested here, not in the workers, and its commit's fixed cost
         # outweighs its messages' work; at 5,000 msgs/s groups are larger, and a wait there
@@ -111,13 +123,19 @@ class Intake:
         with self._ready:
             # QoS 1 traffic is bounded by the Receive Maximum; this bound holds back a QoS 0
             # flood, by not reading the socket further, instead of growing memory.
-            while len(self._queue) >= self._queue_limit and not self.stopping.is_set():
+            # A bulk import fills the byte bound first: a read of 50 KB envelopes holds the
+            # socket until the intake has taken most of what came before.
+            while (
+                len(self._queue) >= self._queue_limit
+                or self._queue_bytes >= self._queue_bytes_limit
+            ) and not self.stopping.is_set():
                 self._ready.wait(0.5)
             if self.stopping.is_set():
                 for _ in batch:
                     self._status.left_for_redelivery()
                 return
             self._queue.extend(batch)
+            self._queue_bytes += sum(len(m.payload) for m in batch)
             self._ready.notify_all()
 
     # --- life cycle --------------------------------------------------------------------
@@ -176,6 +194,7 @@ class Intake:
                 message = queue.popleft()
                 size += len(message.payload)
                 batch.append(message)
+            self._queue_bytes -= size
             self._ready.notify_all()
             return batch
 

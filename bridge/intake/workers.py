@@ -34,6 +34,7 @@ import msgspec
 
 from bridge.core.digest import Digest, digest
 from bridge.core.pipeline import Disposition, Outcome, Pipeline
+from bridge.memory import fix_mmap_threshold
 
 if TYPE_CHECKING:
     from bridge.config import Config
@@ -286,6 +287,7 @@ def main() -> None:
     """A worker process: `python -m bridge.intake.workers PARENT_PID`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(int(sys.argv[1]))
+    fix_mmap_threshold()
     try:
         serve(sys.stdin.buffer, sys.stdout.buffer)
     except BrokenPipeError:

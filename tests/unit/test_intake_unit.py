@@ -306,3 +306,54 @@ def test_a_small_group_lingers_for_more_then_goes_alone(tmp_path: Path) -> None:
     assert groups == [10, 1, 64]
     assert alone < 5  # it waited for the linger, and not for ever
     assert full < linger  # more than the bound queued at once: no wait
+
+
+def test_large_payloads_make_small_groups_and_hold_the_socket(tmp_path: Path) -> None:
+    """Groups carry at most `group_bytes` of payload beyond their first message, and the
+    queue at most four groups' worth: a read beyond it waits (the real connection stops
+    reading the socket, the broker keeps the rest) until the intake has taken some."""
+    made = make_bridge(tmp_path, min_free=16 * 40_000)  # group_bytes: 40 KB
+    connection = fake(made)
+    big = [
+        payload(f"c{i}", phone="1" * 20).replace(
+            b'"phone"', b'"x": "' + b"p" * 9_500 + b'", "phone"'
+        )
+        for i in range(40)
+    ]
+    assert all(10_000 > len(b) > 9_500 for b in big)
+    groups: list[int] = []
+    real = made.spool.store
+    gate = threading.Event()
+
+    def slow(rows: object, keys: Sequence[str], raws: object) -> None:
+        gate.wait(10)
+        groups.append(len(keys))
+        real(rows, keys, raws)  # type: ignore[arg-type]
+
+    made.spool.store = slow  # type: ignore[method-assign,assignment]
+    made.intake.start(connection)
+    reads = threading.Thread(
+        target=lambda: [connection.deliver(connection.message(TOPIC, b)) for b in big]
+    )
+    try:
+        reads.start()
+        reads.join(1.0)
+        held = reads.is_alive()  # the queue is full while the first commit waits
+        queued = made.intake.queued
+        gate.set()
+        reads.join(10)
+        deadline = time.monotonic() + 10
+        while len(connection.acked) < 40 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        made.intake.stop(10)
+    finally:
+        gate.set()
+        for target in made.targets:
+            target.sink.close()
+        made.spool.close()
+
+    assert held
+    assert 16 <= queued <= 17  # 160 KB of 10 KB payloads: the first read beyond it waits
+    assert connection.acked == list(range(1, 41))
+    assert sum(groups) == 40
+    assert max(groups) <= 5  # the first message and 40 KB more

@@ -20,9 +20,20 @@ from factories import (
     envelope,
     op_body,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.core.records import Op
-from bridge.core.validate import FieldError, Mode, OpResult, Rules, Validation, decode, validate
+from bridge.core.validate import (
+    FieldError,
+    Mode,
+    OpResult,
+    Rules,
+    Validation,
+    _nesting_exceeds,
+    decode,
+    validate,
+)
 
 MODES = pytest.mark.parametrize("rules", [LENIENT, STRICT], ids=["lenient", "strict"])
 SHANGHAI_OFFSET_S = 8 * 3600
@@ -478,6 +489,54 @@ def test_nesting_depth_limit_is_configurable() -> None:
     assert decode(nested(5), Rules(max_depth=5)) == [[[[[]]]]]
     with pytest.raises(ValueError, match="deeper"):
         decode(nested(6), Rules(max_depth=5))
+
+
+def _depth(node: object) -> int:
+    """The nesting depth of a parsed document, by walking it (the oracle)."""
+    if isinstance(node, dict):
+        return 1 + max(map(_depth, node.values()), default=0)
+    if isinstance(node, list):
+        return 1 + max(map(_depth, node), default=0)
+    return 0
+
+
+# Strings full of what the byte reading must see through: quotes, backslashes, brackets.
+_TRICKY_TEXT = st.text(alphabet=st.sampled_from('"\\[]{}:,a\u00e9\n'), max_size=8)
+_DOCUMENTS = st.recursive(
+    st.none() | st.integers() | _TRICKY_TEXT,
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(_TRICKY_TEXT, inner, max_size=4),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    document=_DOCUMENTS,
+    limit=st.integers(min_value=1, max_value=12),
+    ascii_only=st.booleans(),
+    indent=st.sampled_from([None, 1]),
+)
+def test_nesting_read_off_the_bytes_matches_a_walk_of_the_document(
+    document: object, limit: int, ascii_only: bool, indent: int | None
+) -> None:
+    """The depth limit is read off the payload's bytes; it agrees with walking the parsed
+    document for any JSON, strings holding quotes, backslashes and brackets included."""
+    payload = json.dumps(document, ensure_ascii=ascii_only, indent=indent).encode()
+    assert _nesting_exceeds(payload, limit) is (_depth(document) > limit)
+
+
+def test_a_bulk_envelope_is_checked_for_depth_without_a_walk() -> None:
+    """A payload with more brackets than the limit (a bulk of records) passes the depth check;
+    the same records one level too deep do not."""
+    records = [{"id": str(n), "meta": {"tags": ["a", "b"]}} for n in range(100)]
+    deep: object = records
+    for _ in range(28):
+        deep = [deep]
+    assert _depth(deep) == 32
+    assert decode(json.dumps(deep).encode(), LENIENT) == deep
+    with pytest.raises(ValueError, match="deeper"):
+        decode(json.dumps([deep]).encode(), LENIENT)
 
 
 @pytest.mark.parametrize("kind", ["list", "object"])
