@@ -25,7 +25,6 @@ import os
 import pickle
 import signal
 import struct
-import subprocess
 import sys
 from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -37,6 +36,8 @@ from bridge.core.pipeline import Disposition, Outcome, Pipeline
 from bridge.memory import fix_mmap_threshold
 
 if TYPE_CHECKING:
+    import subprocess
+
     from bridge.config import Config
 
 Item = tuple[str | None, bytes]
@@ -169,6 +170,8 @@ class DigestPool:
         self._workers = self._make()
 
     def _make(self) -> list[subprocess.Popen[bytes]]:
+        import subprocess  # noqa: PLC0415 - the intake's; a worker process has no use for it
+
         parent = str(os.getpid())
         made = []
         for _ in range(self.processes):
@@ -269,6 +272,8 @@ class DigestPool:
         self._stop(5.0)
 
     def _stop(self, timeout: float) -> None:
+        import subprocess  # noqa: PLC0415 - loaded by _make already
+
         for worker in self._workers:
             with contextlib.suppress(OSError, ValueError):
                 assert worker.stdin is not None

@@ -99,6 +99,18 @@ def test_workers_digest_as_the_intake_does_in_order(pool: DigestPool) -> None:
     assert os.getpid() not in pool.pids()
 
 
+def test_a_worker_process_maps_only_what_the_core_needs(pool: DigestPool) -> None:
+    """A worker has digested messages without any message lacking a msgId too (the hash
+    of the payload), and still maps none of OpenSSL, pydantic-core, SQLite or the bridge's
+    I/O libraries: each would cost every worker megabytes of RSS (docs/performance.md)."""
+    batch = [(t, p.replace(b'"msgId"', b'"noId"')) for t, p in items(40)]
+    assert any(d.key and d.key.startswith("h:") for d in pool.digest(batch))
+    for pid in pool.pids():
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        for library in ("libcrypto", "libssl", "_hashlib", "_pydantic_core", "sqlite3"):
+            assert library not in maps, (pid, library)
+
+
 def test_a_killed_worker_costs_no_message(tmp_path: Path) -> None:
     """A worker killed with SIGKILL: that group is digested by the intake itself, stored and
     acknowledged in order; the pool starts afresh and takes the next groups."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from bridge.config import Config
@@ -135,3 +136,12 @@ def test_an_ignored_message_plans_nothing() -> None:
 
     assert not result.writes
     assert result.duplicates == set()
+
+
+def test_a_message_without_msgid_is_keyed_by_the_sha256_of_topic_and_payload() -> None:
+    """The key of a message without msgId is hashlib's SHA-256 of topic, NUL and payload
+    (computed without OpenSSL in the workers: the same digest)."""
+    payload = b'{"events":{}}' * 100
+    expected = hashlib.sha256(TOPIC.encode() + b"\0" + payload).hexdigest()
+    assert dedup_key(None, TOPIC, payload) == "h:" + expected
+    assert dedup_key("m-1", TOPIC, payload) == "m:m-1"
