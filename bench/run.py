@@ -71,6 +71,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--soak-rate", type=float, default=1000.0)
     parser.add_argument("--profile", action="store_true", help="only a py-spy profiled drain")
     parser.add_argument(
+        "--profile-sink",
+        choices=("jsonl", "webhook"),
+        default="jsonl",
+        help="the sink of the --profile drain",
+    )
+    parser.add_argument(
         "--alarms", type=int, metavar="N", help="only the alarm worker draining N alarms"
     )
     parser.add_argument(
@@ -632,8 +638,8 @@ def profile(args: argparse.Namespace, work: Path, document: dict[str, Any]) -> i
     drain = scenarios.drain_bridge(
         work / "profiled",
         envelopes,
-        sink="jsonl",
-        label="bridge, jsonl (under py-spy)",
+        sink=args.profile_sink,
+        label=f"bridge, {args.profile_sink} (under py-spy)",
         profiler=profiler,
     )
     summary = spy.summarise(raw)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from enum import StrEnum
+
+import msgspec
 
 from bridge.core import alarms
 from bridge.core.alarms import Alarm
@@ -33,9 +34,10 @@ class Disposition(StrEnum):
 REFUSED_TOPIC_REASON = "the topic holds a control character or a noncharacter (SPEC 1)"
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """The result of one message. Ignored messages carry nothing to forward or publish."""
+class Outcome(msgspec.Struct, frozen=True):
+    """The result of one message. Ignored messages carry nothing to forward or publish.
+
+    A frozen Struct, as the other objects made per message (`DownstreamEvent`)."""
 
     topic: str
     disposition: Disposition
@@ -45,7 +47,7 @@ class Outcome:
     forward: tuple[DownstreamEvent, ...] = ()
     alarms: tuple[Alarm, ...] = ()
     rejected: int = 0
-    errors: tuple[FieldError, ...] = field(default=(), repr=False)
+    errors: tuple[FieldError, ...] = ()
     floats: bool = True
     """Whether a forwarded record may hold a float (False: the payload held none)."""
 
