@@ -184,8 +184,9 @@ class ValidationConfig(_Model):
     timezone: str = "Asia/Shanghai"
     max_batch: int = Field(default=1000, ge=1)
     workers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = "auto"
-    """Worker processes that decode, validate and encode beside the intake: `auto` is one per
-    core (none on a single core); 0 does it all in the intake's own thread."""
+    """Worker processes that decode, validate and encode beside the intake, whose own thread
+    digests a balanced share of each group: `auto` is one fewer than the cores (none on a
+    single core); 0 does it all in the intake's own thread."""
     max_payload_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_depth: int = Field(default=32, ge=4, le=256)
 

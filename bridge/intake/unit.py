@@ -31,7 +31,13 @@ from bridge.delivery import Target, hand_over
 from bridge.errors import SinkError
 from bridge.intake.connection import BrokerConnection
 from bridge.intake.message import InboundMessage
-from bridge.intake.workers import BrokenProcessPool, DigestPool, Slices, digest_message
+from bridge.intake.workers import (
+    BrokenProcessPool,
+    DigestPool,
+    LocalShare,
+    Slices,
+    digest_message,
+)
 from bridge.sinks import Partial
 from bridge.spool import Spool, SpoolError
 from bridge.status import Status
@@ -48,10 +54,12 @@ connection stops reading the socket (the broker keeps the rest)."""
 
 
 class _Group(NamedTuple):
-    """A group taken from the queue, and its digests under way in the workers (if sent)."""
+    """A group taken from the queue, and its digests under way in the workers (if sent):
+    the first `sent` messages go to the workers, the rest the intake digests itself."""
 
     batch: Sequence[InboundMessage]
     slices: Slices | None
+    sent: int = 0
 
 
 class Intake:
@@ -96,6 +104,8 @@ class Intake:
         self._queue_limit = queue_limit
         self._beat = beat
         self._pool = pool
+        self.share = LocalShare()
+        """The part of each group this thread digests itself beside the workers."""
         # What one group may carry: a commit writes about four times its payload (the rows,
         # their index entries, the log), and must stay well inside the room above the floor.
         self._group_bytes = (
@@ -312,24 +322,34 @@ class Intake:
             )
 
     def _submit(self, batch: Sequence[InboundMessage]) -> _Group:
-        """Start digesting a group in the workers; a small one is digested here, later."""
+        """Start digesting a group in the workers, but for this thread's share of it; a small
+        group is digested here, later."""
         pool = self._pool
         if pool is not None and len(batch) >= self._pool_threshold:
-            return _Group(batch, pool.submit([(m.topic, m.payload) for m in batch]))
+            sent = len(batch) - self.share.local(len(batch))
+            items = [(m.topic, m.payload) for m in batch[:sent]]
+            return _Group(batch, pool.submit(items), sent)
         return _Group(batch, None)
 
     def _digests(self, group: _Group) -> list[Digest]:
         pool, slices = self._pool, group.slices
+        pipeline, log = self._pipeline, self._log
         if pool is not None and slices is not None:
+            # This thread's share first, while the workers digest theirs; then theirs, in order.
+            here = [
+                digest_message(pipeline, log, m.topic, m.payload) for m in group.batch[group.sent :]
+            ]
+            self.share.update(workers_done=pool.ready(slices))
             try:
-                return pool.collect(slices, self._log)
+                return pool.collect(slices, self._log) + here
             except BrokenProcessPool:
                 # Nothing of this group was stored or acknowledged: it is digested here instead.
                 self._log.error(
                     "digest_worker_died", messages=len(group.batch), restarts=pool.restarts
                 )
                 pool.restart(slices)
-        pipeline, log = self._pipeline, self._log
+            theirs = group.batch[: group.sent]
+            return [digest_message(pipeline, log, m.topic, m.payload) for m in theirs] + here
         return [digest_message(pipeline, log, m.topic, m.payload) for m in group.batch]
 
     def _deliver_direct(self, target: Target, records: list[Forward]) -> list[NewRow]:

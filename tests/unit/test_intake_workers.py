@@ -22,7 +22,7 @@ import structlog
 from bridge.config import Config
 from bridge.core.digest import Digest
 from bridge.core.pipeline import Pipeline
-from bridge.intake.workers import DigestPool, Slices, digest_message, serve
+from bridge.intake.workers import DigestPool, LocalShare, Slices, digest_message, serve
 from bridge.runtime import Bridge
 from bridge.testing import FakeConnection
 
@@ -275,6 +275,60 @@ def test_workers_digest_the_next_group_while_the_intake_commits(tmp_path: Path) 
     assert len(commits) == len(acks)
     assert all(c < a for c, a in zip(commits, acks, strict=True))  # each ack after its commit
     assert all(a < c for a, c in zip(acks, commits[1:], strict=False))  # and before the next
+
+
+def test_the_intake_digests_its_share_of_each_group_beside_the_workers(tmp_path: Path) -> None:
+    """Of each group the workers get the first part and the intake digests the rest itself;
+    everything is written once, in receive order, and the share moves with what the intake
+    finds when its part is done."""
+    bridge = worker_bridge(tmp_path)
+    pool = bridge.pool
+    assert pool is not None
+    sizes: list[int] = []
+    submit = pool.submit
+
+    def counted(given: Sequence[tuple[str | None, bytes]]) -> Slices:
+        sizes.append(len(given))
+        return submit(given)
+
+    pool.submit = counted  # type: ignore[method-assign]
+    updates: list[bool] = []
+    update = bridge.intake.share.update
+
+    def noted(*, workers_done: bool) -> None:
+        updates.append(workers_done)
+        update(workers_done=workers_done)
+
+    bridge.intake.share.update = noted  # type: ignore[method-assign]
+    batch = items(900)
+    try:
+        run(bridge, batch, read=300)
+    finally:
+        close(bridge)
+
+    connection = bridge.connection
+    assert isinstance(connection, FakeConnection)
+    assert connection.acked == list(range(1, 901))
+    assert written_ids(tmp_path) == expected_ids(batch)  # once each, in order
+    assert sizes and sum(sizes) < 900  # the workers did not get everything
+    assert len(updates) == len(sizes)  # the share was weighed after every split group
+
+
+def test_the_share_shrinks_when_the_workers_wait_and_grows_when_the_intake_would() -> None:
+    """The intake's share: smaller after a group whose workers had answered first, larger
+    after one it would have waited for, never below nothing or above half."""
+    share = LocalShare(0.1)
+    share.update(workers_done=True)
+    assert share.value == pytest.approx(0.08)
+    assert share.local(500) == 40
+    for _ in range(10):
+        share.update(workers_done=True)
+    assert share.value == 0.0
+    assert share.local(500) == 0
+    for _ in range(40):
+        share.update(workers_done=False)
+    assert share.value == LocalShare.MOST
+    assert share.local(500) == 250
 
 
 def test_a_reconnect_while_the_workers_digest_acks_nothing_of_those_groups(
