@@ -253,21 +253,27 @@ def close(bridge: Bridge) -> None:
     bridge.spool.close()
 
 
+def drained_in_order(
+    bridge: Bridge, batch: Sequence[tuple[str | None, bytes]], tmp_path: Path, read: int = 40
+) -> None:
+    """Run `batch` through the started bridge, close it, and check that every message was
+    acknowledged and every record written once, in receive order."""
+    try:
+        run(bridge, batch, read)
+    finally:
+        close(bridge)
+    connection = bridge.connection
+    assert isinstance(connection, FakeConnection)
+    assert connection.acked == list(range(1, len(batch) + 1))
+    assert written_ids(tmp_path) == expected_ids(batch)  # once each, in order
+
+
 def test_workers_digest_the_next_group_while_the_intake_commits(tmp_path: Path) -> None:
     """Pipelined: a group is handed to the workers before the one before it is committed;
     every group is still committed before it is acked, and acked in receive order."""
     bridge = worker_bridge(tmp_path)
     trace = Trace(bridge)
-    batch = items(600)
-    try:
-        run(bridge, batch)
-    finally:
-        close(bridge)
-
-    connection = bridge.connection
-    assert isinstance(connection, FakeConnection)
-    assert connection.acked == list(range(1, 601))
-    assert written_ids(tmp_path) == expected_ids(batch)  # once each, in order
+    drained_in_order(bridge, items(600), tmp_path)
     steps = [step for step, _ in trace.steps]
     assert steps[:3] == ["submit", "submit", "commit"]  # group 2 under way before 1 is stored
     commits = [i for i, step in enumerate(steps) if step == "commit"]
@@ -300,16 +306,7 @@ def test_the_intake_digests_its_share_of_each_group_beside_the_workers(tmp_path:
         update(workers_done=workers_done)
 
     bridge.intake.share.update = noted  # type: ignore[method-assign]
-    batch = items(900)
-    try:
-        run(bridge, batch, read=300)
-    finally:
-        close(bridge)
-
-    connection = bridge.connection
-    assert isinstance(connection, FakeConnection)
-    assert connection.acked == list(range(1, 901))
-    assert written_ids(tmp_path) == expected_ids(batch)  # once each, in order
+    drained_in_order(bridge, items(900), tmp_path, read=300)
     assert sizes and sum(sizes) < 900  # the workers did not get everything
     assert len(updates) == len(sizes)  # the share was weighed after every split group
 
