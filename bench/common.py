@@ -100,15 +100,18 @@ def _own_rss_mb(pid: int) -> float | None:
 def rss_mb(pid: int) -> float | None:
     """Resident set size of a process and its descendants in MiB (summed, so pages they
     share are counted once per process), None when it is gone."""
-    own = _own_rss_mb(pid)
-    if own is None:
-        return None
-    return own + sum(_own_rss_mb(child) or 0.0 for child in process_tree(pid)[1:])
+    parts = rss_parts_mb(pid)
+    return sum(parts) if parts else None
 
 
 def rss_parts_mb(pid: int) -> list[float]:
-    """The resident set size of a process, then of each of its descendants, in MiB."""
-    return [r for r in (_own_rss_mb(p) for p in process_tree(pid)) if r is not None]
+    """The resident set size of a process, then of each of its descendants, in MiB; empty
+    when the process is gone."""
+    own = _own_rss_mb(pid)
+    if own is None:
+        return []
+    children = (_own_rss_mb(child) for child in process_tree(pid)[1:])
+    return [own, *(r for r in children if r is not None)]
 
 
 def _own_cpu_seconds(pid: int) -> float | None:

@@ -582,8 +582,8 @@ def drain_bridge(
                 lambda: delivered() > 0,
                 bridge.alive,
             )
-            rss, cpu = bridge.rss(), bridge.cpu()
-            parts = rss_parts_mb(bridge.pid) if bridge.alive() else []
+            parts = rss_parts_mb(bridge.pid)  # the intake, then each worker
+            rss, cpu = (sum(parts) if parts else None), bridge.cpu()
             host = meter.stop()
             if profiler is not None:
                 profiler.finish()

@@ -275,7 +275,7 @@ def _decode(payload: bytes, rules: Rules) -> tuple[object, bool, bool]:
         raise ValueError(f"JSON nested deeper than {rules.max_depth}") from None
     except ValueError:
         raise ValueError("payload is not JSON") from None
-    # Only walk the document when it holds enough brackets to be that deep.
+    # Only read the nesting off the bytes when there are enough brackets to be that deep.
     brackets = payload.count(b"{") + payload.count(b"[")
     if brackets > rules.max_depth and _nesting_exceeds(payload, rules.max_depth):
         raise ValueError(f"JSON nested deeper than {rules.max_depth}")
