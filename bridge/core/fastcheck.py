@@ -30,7 +30,7 @@ def _text(spec: Field) -> Any:
     return Annotated[str, msgspec.Meta(min_length=shortest, max_length=spec.max_len)]
 
 
-def _annotation(spec: Field) -> Any:
+def annotation(spec: Field) -> Any:
     """The msgspec type of one row of the table."""
     kind: Any
     if spec.type is Type.STRING:
@@ -49,8 +49,8 @@ def _annotation(spec: Field) -> Any:
 def _schema(op: Op) -> Any:
     """`list[Struct]` of `op`'s table: required fields without a default, the others None."""
     table = FIELDS[op]
-    required = [(name, _annotation(f)) for name, f in table.items() if f.required]
-    optional = [(name, _annotation(f), None) for name, f in table.items() if not f.required]
+    required = [(name, annotation(f)) for name, f in table.items() if f.required]
+    optional = [(name, annotation(f), None) for name, f in table.items() if not f.required]
     record = msgspec.defstruct(f"_{op.name.title()}Record", [*required, *optional])
     return list[record]  # type: ignore[valid-type]
 

@@ -83,16 +83,25 @@ class Pipeline:
         # Topics recur: parsing one and matching it to the selection is done once.
         self._topics: dict[str, tuple[ParsedTopic, bool]] = {}
 
+    def inbound(self, topic: str) -> InboundTopic | None:
+        """The parsed topic when its payload is one to validate (`process_inbound`), else None."""
+        parsed, accepted = self._topics.get(topic) or self._learn(topic)
+        if accepted and parsed.role is TopicRole.INBOUND:
+            return parsed.inbound
+        return None
+
+    def _learn(self, topic: str) -> tuple[ParsedTopic, bool]:
+        parsed = parse(topic)
+        accepted = parsed.inbound is not None and self.selection.accepts(parsed.inbound)
+        if len(self._topics) >= TOPIC_CACHE_SIZE:
+            self._topics.clear()  # a flood of distinct topics must not grow memory
+        known = self._topics[topic] = (parsed, accepted)
+        return known
+
     def process(self, topic: str, payload: bytes) -> Outcome:
         """Decide what one message becomes. Never raises for any topic or payload."""
         known = self._topics.get(topic)
-        if known is None:
-            parsed = parse(topic)
-            accepted = parsed.inbound is not None and self.selection.accepts(parsed.inbound)
-            if len(self._topics) >= TOPIC_CACHE_SIZE:
-                self._topics.clear()  # a flood of distinct topics must not grow memory
-            known = self._topics[topic] = (parsed, accepted)
-        parsed, accepted = known
+        parsed, accepted = known or self._learn(topic)
         if parsed.role is TopicRole.ERROR:
             return Outcome(topic, Disposition.ERROR_TOPIC)
         if parsed.inbound is None:

@@ -210,7 +210,7 @@ _BRACKETS = bytes.maketrans(b"{}", b"[]")
 _NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(b'"[]{}')))
 
 
-def _nesting_exceeds(payload: bytes, limit: int) -> bool:
+def nesting_exceeds(payload: bytes, limit: int) -> bool:
     """Whether the containers of a well-formed JSON text nest deeper than `limit` (the
     outermost is depth 1), read off its bytes in C rather than by walking the document.
 
@@ -277,7 +277,7 @@ def _decode(payload: bytes, rules: Rules) -> tuple[object, bool, bool]:
         raise ValueError("payload is not JSON") from None
     # Only read the nesting off the bytes when there are enough brackets to be that deep.
     brackets = payload.count(b"{") + payload.count(b"[")
-    if brackets > rules.max_depth and _nesting_exceeds(payload, rules.max_depth):
+    if brackets > rules.max_depth and nesting_exceeds(payload, rules.max_depth):
         raise ValueError(f"JSON nested deeper than {rules.max_depth}")
     # A \uD800-\uDFFF escape decodes to a lone surrogate that no sink can encode again.
     if _SURROGATE_ESCAPE.search(payload) and _has_surrogate(document):

@@ -34,6 +34,7 @@ import msgspec
 
 from bridge.core.digest import Digest, digest
 from bridge.core.pipeline import Disposition, Outcome, Pipeline
+from bridge.core.plain import plain_digest
 from bridge.memory import fix_mmap_threshold
 
 if TYPE_CHECKING:
@@ -72,6 +73,11 @@ def digest_message(
     if topic is None:
         return digest(Outcome("", Disposition.UNRECOGNISED), payload)
     try:
+        inbound = pipeline.inbound(topic)
+        if inbound is not None:
+            plain = plain_digest(inbound, payload, pipeline.rules)
+            if plain is not None:
+                return plain
         outcome = pipeline.process(topic, payload)
     except Exception as exc:  # noqa: BLE001 - a bug in validation must not crash-loop
         # The traceback's text may quote the payload (personal data): its type and place.

@@ -30,8 +30,8 @@ from bridge.core.validate import (
     OpResult,
     Rules,
     Validation,
-    _nesting_exceeds,
     decode,
+    nesting_exceeds,
     validate,
 )
 
@@ -523,7 +523,7 @@ def test_nesting_read_off_the_bytes_matches_a_walk_of_the_document(
     """The depth limit is read off the payload's bytes; it agrees with walking the parsed
     document for any JSON, strings holding quotes, backslashes and brackets included."""
     payload = json.dumps(document, ensure_ascii=ascii_only, indent=indent).encode()
-    assert _nesting_exceeds(payload, limit) is (_depth(document) > limit)
+    assert nesting_exceeds(payload, limit) is (_depth(document) > limit)
 
 
 def test_a_bulk_envelope_is_checked_for_depth_without_a_walk() -> None:
