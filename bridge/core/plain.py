@@ -5,7 +5,7 @@ those this module gives the message's `Digest` straight from the payload bytes: 
 decode into typed Structs derived from the field tables checks the envelope and every record,
 a second one (skipping everything else) takes each record's text as it is, and each event's
 JSON is the event's context, the record's own bytes, and a brace. Nothing is built per field
-and no dict per record: about a quarter of the general path's cost (see docs/performance.md).
+and no dict per record: about half the general path's cost (see docs/performance.md).
 
 Anything else gives None and takes the general path (`Pipeline`, then `digest`), which names
 every reason: a strict rule set, a payload with whitespace between tokens or any backslash, a
@@ -57,8 +57,9 @@ def _no_float(_text: str) -> Any:
 def _record_struct(op: Op) -> Any:
     """The record of `op`'s table as a Struct that refuses any other field.
 
-    Every field defaults to UNSET, so a field sent as null is encoded back as null and one
-    left out is not encoded at all: the length comparison counts exactly what was sent.
+    The required fields have no default; every other one defaults to UNSET, so a field sent
+    as null is encoded back as null and one left out is not encoded at all: the length
+    comparison counts exactly what was sent.
     """
     table = FIELDS[op].items()
     required = [(name, fastcheck.annotation(spec)) for name, spec in table if spec.required]
