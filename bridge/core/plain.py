@@ -38,7 +38,7 @@ from bridge.core.digest import Digest, Forward, dedup_key
 from bridge.core.pipeline import TOPIC_CACHE_SIZE, Disposition
 from bridge.core.records import FIELDS, INT64_MAX, Op, Type
 from bridge.core.topics import InboundTopic
-from bridge.core.validate import MSG_ID_MAX, PROFILE, Rules, nesting_exceeds
+from bridge.core.validate import MSG_ID_MAX, PROFILE, Rules, too_deep
 
 _ENCODER = msgspec.json.Encoder()
 _DEEPEST_WITHOUT_META = 6  # envelope, events, operation, customerList, record, a list field
@@ -179,7 +179,7 @@ def plain_digest(inbound: InboundTopic, payload: bytes, rules: Rules) -> Digest 
             if value.__class__ is str and value.isspace():
                 return None
         meta = meta or record.meta is not UNSET
-    if (meta or rules.max_depth < _DEEPEST_WITHOUT_META) and _deeper_than(payload, rules):
+    if (meta or rules.max_depth < _DEEPEST_WITHOUT_META) and too_deep(payload, rules.max_depth):
         return None
     texts = getattr(_TEXTS.decode(payload).events, op).customerList
     bodies: list[str] = []
@@ -250,8 +250,3 @@ def _head(inbound: InboundTopic, op: str) -> bytes:
         )
         known = _HEADS[(inbound.topic, op)] = whole[: -len(b"null}")]
     return known
-
-
-def _deeper_than(payload: bytes, rules: Rules) -> bool:
-    brackets = payload.count(b"{") + payload.count(b"[")
-    return brackets > rules.max_depth and nesting_exceeds(payload, rules.max_depth)

@@ -235,6 +235,13 @@ def nesting_exceeds(payload: bytes, limit: int) -> bool:
     return bool(text)
 
 
+def too_deep(payload: bytes, limit: int) -> bool:
+    """Whether a well-formed JSON text nests deeper than `limit`; the nesting is read off the
+    bytes only when there are enough brackets to be that deep."""
+    brackets = payload.count(b"{") + payload.count(b"[")
+    return brackets > limit and nesting_exceeds(payload, limit)
+
+
 def decode(payload: bytes, rules: Rules) -> object:
     """Parse a payload within the limits; raise ValueError with a value-free reason."""
     return _decode(payload, rules)[0]
@@ -275,9 +282,7 @@ def _decode(payload: bytes, rules: Rules) -> tuple[object, bool, bool]:
         raise ValueError(f"JSON nested deeper than {rules.max_depth}") from None
     except ValueError:
         raise ValueError("payload is not JSON") from None
-    # Only read the nesting off the bytes when there are enough brackets to be that deep.
-    brackets = payload.count(b"{") + payload.count(b"[")
-    if brackets > rules.max_depth and nesting_exceeds(payload, rules.max_depth):
+    if too_deep(payload, rules.max_depth):
         raise ValueError(f"JSON nested deeper than {rules.max_depth}")
     # A \uD800-\uDFFF escape decodes to a lone surrogate that no sink can encode again.
     if _SURROGATE_ESCAPE.search(payload) and _has_surrogate(document):
