@@ -33,7 +33,7 @@ from bridge.core.events import DownstreamEvent
 from bridge.core.outbox import NewRow, alarm_outbox_row
 from bridge.errors import BrokerError, PublishRefused, SinkError
 from bridge.metrics import Metrics
-from bridge.sinks import JsonSink, Partial, Refused, Route, SendResult, Sink
+from bridge.sinks import JsonSink, LinesSink, Partial, Refused, Route, SendResult, Sink
 from bridge.sinks.base import PublishBatch
 from bridge.spool import WHOLE, Lane, Row, Spool, SpoolError
 
@@ -61,6 +61,8 @@ class Target:
     json: bool = field(init=False, compare=False, repr=False)
     """Whether the sink takes encoded JSON (`takes_json`), found once: the check is a
     runtime protocol check, about 18 µs, which a small group would pay twice per hand-over."""
+    lines: bool = field(init=False, compare=False, repr=False)
+    """Whether the sink takes a block of JSON lines (`LinesSink`), found once likewise."""
 
     @property
     def direct(self) -> bool:
@@ -73,6 +75,7 @@ class Target:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "json", takes_json(self.sink))
+        object.__setattr__(self, "lines", isinstance(self.sink, LinesSink))
         # A direct hand-over by the intake waits for nothing of the sink in the spool, which
         # with lanes would be another lane's rows: the config refuses lanes for such sinks.
         if self.lanes > 1 and self.direct:

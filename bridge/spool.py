@@ -469,8 +469,11 @@ class Spool:
                 self._refresh()
                 self._set_sync(self._synchronous)
                 self._db.execute("BEGIN IMMEDIATE")
+                # A digest's body is its UTF-8 bytes: stored as text, as read back (no
+                # decode in Python; the bytes are valid UTF-8, checked when they were parsed).
                 self._db.executemany(
-                    "INSERT INTO outbox (target, okey, body, created) VALUES (?, ?, ?, ?)",
+                    "INSERT INTO outbox (target, okey, body, created)"
+                    " VALUES (?, ?, CAST(? AS TEXT), ?)",
                     [(r.target, r.okey, r.body, at) for r in rows],
                 )
                 self._db.executemany(

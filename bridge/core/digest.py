@@ -66,7 +66,8 @@ class Forward(msgspec.Struct, array_like=True, frozen=True, gc=False):
     project_id: str
     vendor: str | None
     okey: str
-    body: str
+    body: bytes
+    """The event's compact SPEC 7 JSON, UTF-8: what a jsonl line holds, what a row stores."""
 
     def event(self) -> DownstreamEvent:
         """The event again, for a sink that takes events rather than encoded JSON."""
@@ -121,7 +122,7 @@ def digest(outcome: Outcome, payload: bytes) -> Digest:
             event.project_id,
             event.vendor,
             ordering_key(event),
-            encode_event(event, floats=floats),
+            encode_event(event, floats=floats).encode(),
         )
         for event in outcome.forward
     )

@@ -10,11 +10,12 @@ ALARMS = "@alarms"
 
 @dataclass(frozen=True, slots=True)
 class NewRow:
-    """An outbox row to insert: which target, which ordering key, what body."""
+    """An outbox row to insert: which target, which ordering key, what body (text, or its
+    UTF-8 bytes as a digest carries it: the spool stores both as the same text)."""
 
     target: str
     okey: str
-    body: str
+    body: str | bytes
 
 
 def alarm_outbox_row(body: str) -> NewRow:

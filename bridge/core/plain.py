@@ -182,7 +182,7 @@ def plain_digest(inbound: InboundTopic, payload: bytes, rules: Rules) -> Digest 
     if (meta or rules.max_depth < _DEEPEST_WITHOUT_META) and too_deep(payload, rules.max_depth):
         return None
     texts = getattr(_TEXTS.decode(payload).events, op).customerList
-    bodies: list[str] = []
+    bodies: list[bytes] = []
     head = b"".join(
         (
             _head(inbound, op),
@@ -205,7 +205,7 @@ def plain_digest(inbound: InboundTopic, payload: bytes, rules: Rules) -> Digest 
                     return None
                 digits = str(value).encode()
                 text = text.replace(key + digits, key + b'"' + digits + b'"', 1)
-        bodies.append(text.decode())
+        bodies.append(text)
     msg_id: str = envelope.msgId
     kind = str(inbound.kind)
     tenant, project, vendor = inbound.tenant, inbound.project_id, inbound.vendor

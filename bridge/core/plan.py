@@ -55,6 +55,11 @@ def plan(
     result = Plan(direct={d.name: [] for d in destinations if d.name in caught_up})
     known = set(seen)
     rows = result.rows
+    # Where every route takes everything (the usual config), a message's records go to each
+    # sink whole, without a match per record and sink; each sink's order is the same.
+    wholesale = [(d.name, result.direct.get(d.name)) for d in destinations if d.route.everything]
+    if len(wholesale) < len(destinations):
+        wholesale = []
     for index, item in enumerate(batch):
         if item.raw is not None and item.key is None:
             # Our own bug, or a topic SPEC 1 refuses: kept raw rather than dropped.
@@ -68,15 +73,22 @@ def plan(
             continue
         known.add(key)
         result.keys.append(key)
-        for record in item.forward:
-            for destination in destinations:
-                if not destination.route.matches(record):
-                    continue
-                direct = result.direct.get(destination.name)
-                if direct is not None:
-                    direct.append(record)
+        if wholesale:
+            for name, whole in wholesale:
+                if whole is not None:
+                    whole.extend(item.forward)
                 else:
-                    rows.append(NewRow(destination.name, record.okey, record.body))
+                    rows.extend(NewRow(name, r.okey, r.body) for r in item.forward)
+        else:
+            for record in item.forward:
+                for destination in destinations:
+                    if not destination.route.matches(record):
+                        continue
+                    direct = result.direct.get(destination.name)
+                    if direct is not None:
+                        direct.append(record)
+                    else:
+                        rows.append(NewRow(destination.name, record.okey, record.body))
         rows.extend(alarm_outbox_row(body) for body in item.alarm_bodies)
         if item.raw is not None:
             result.raws.append((item.topic, payloads[index], item.raw))

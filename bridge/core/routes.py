@@ -36,6 +36,17 @@ class Route(BaseModel):
     kinds: tuple[TopicKind, ...] | None = None
     vendors: tuple[str, ...] | None = None
 
+    @property
+    def everything(self) -> bool:
+        """Whether this route lets every event through (no list given)."""
+        return (
+            self.ops is None
+            and self.tenants is None
+            and self.projects is None
+            and self.kinds is None
+            and self.vendors is None
+        )
+
     def matches(self, event: Routable) -> bool:
         """Whether this route lets `event` through."""
         return (

@@ -19,7 +19,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import structlog
 
@@ -38,7 +38,7 @@ from bridge.intake.workers import (
     Slices,
     digest_message,
 )
-from bridge.sinks import Partial
+from bridge.sinks import LinesSink, Partial, SendResult
 from bridge.spool import Spool, SpoolError
 from bridge.status import Status
 
@@ -313,13 +313,13 @@ class Intake:
         if not acked:
             self._status.unacked(len(ids))
         now = time.monotonic_ns()
-        for index, (message, item) in enumerate(zip(current, digests, strict=True)):
-            self._status.finished(
-                item,
-                duplicate=index in planned.duplicates,
-                acked=acked or not message.qos,
-                elapsed=(now - message.received_ns) / 1e9,
-            )
+        self._status.finished(
+            digests,
+            duplicates=planned.duplicates,
+            acked=acked,
+            qos=[m.qos for m in current],
+            elapsed=[(now - m.received_ns) / 1e9 for m in current],
+        )
 
     def _submit(self, batch: Sequence[InboundMessage]) -> _Group:
         """Start digesting a group in the workers, but for this thread's share of it; a small
@@ -360,9 +360,17 @@ class Intake:
         # gives up on the first and retries the rest.
         taken, refused, failure = 0, set[int](), None
         try:
-            events = [] if target.json else [r.event() for r in records]
-            with target.lock:
-                answer = hand_over(sink, events, [r.body for r in records], as_json=target.json)
+            if target.lines:  # the bodies as they came from the digests, joined once
+                block = [r.body for r in records]
+                block.append(b"")
+                with target.lock:
+                    cast(LinesSink, sink).send_lines(b"\n".join(block))
+                answer: SendResult = None
+            else:
+                events = [] if target.json else [r.event() for r in records]
+                bodies = [r.body.decode() for r in records] if target.json else []
+                with target.lock:
+                    answer = hand_over(sink, events, bodies, as_json=target.json)
         except Exception as exc:  # noqa: BLE001 - whatever it was, the worker retries it
             failure = exc
         else:

@@ -15,6 +15,7 @@ from bridge.core.routes import Route
 from bridge.errors import ConfigError
 from bridge.sinks.base import (
     JsonSink,
+    LinesSink,
     Partial,
     Refused,
     SendResult,
@@ -47,6 +48,7 @@ SinkConfig = Annotated[
 
 __all__ = [
     "JsonSink",
+    "LinesSink",
     "Partial",
     "Refused",
     "Route",

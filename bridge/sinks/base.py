@@ -85,6 +85,18 @@ class JsonSink(Sink, Protocol):
         """Hand a batch of encoded events to the downstream system."""
 
 
+@runtime_checkable
+class LinesSink(JsonSink, Protocol):
+    """A sink that takes a batch as one block of JSON lines: each encoded event in UTF-8
+    followed by a newline, as a digest carries them (`bridge.core.digest.Forward.body`), so
+    the intake joins a group's events once and the sink writes them as they are.
+    `send_lines(block)` has the effect of `send_json` on the lines' text, taken whole or
+    not at all (it raises)."""
+
+    def send_lines(self, block: bytes) -> None:
+        """Hand a batch of encoded events, newline-terminated, to the downstream system."""
+
+
 Publish = Callable[[str, bytes, int, bool], None]
 """Publish (topic, payload, qos, retain) on the bridge's broker connection, waiting for the ack."""
 

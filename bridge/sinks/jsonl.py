@@ -49,17 +49,17 @@ class JsonlSink:
         self.name = name
         self.path = path
         self._fsync = fsync
-        self._file: IO[str] | None = None
+        self._file: IO[bytes] | None = None
 
-    def _open(self) -> IO[str]:
+    def _open(self) -> IO[bytes]:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             torn = _ends_mid_line(self.path)
-            self._file = self.path.open("a", encoding="utf-8")
+            self._file = self.path.open("ab")
             if torn:
                 # A kill during a write left half a line; that batch is sent again, and
                 # its first record must not be glued onto the fragment.
-                self._file.write("\n")
+                self._file.write(b"\n")
         return self._file
 
     def send(self, events: Sequence[DownstreamEvent]) -> None:
@@ -70,10 +70,13 @@ class JsonlSink:
 
     def send_json(self, bodies: Sequence[str]) -> None:
         """Write events already encoded as compact JSON (the spool keeps them so)."""
-        lines = "".join(body + "\n" for body in bodies)
+        self.send_lines("".join(body + "\n" for body in bodies).encode())
+
+    def send_lines(self, block: bytes) -> None:
+        """Write encoded events, each already followed by its newline (a digest's bodies)."""
         try:
             handle = self._open()
-            handle.write(lines)
+            handle.write(block)
             handle.flush()
             if self._fsync:
                 os.fsync(handle.fileno())

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -357,3 +359,66 @@ def test_large_payloads_make_small_groups_and_hold_the_socket(tmp_path: Path) ->
     assert connection.acked == list(range(1, 41))
     assert sum(groups) == 40
     assert max(groups) <= 5  # the first message and 40 KB more
+
+
+def without_name(customer_id: str) -> bytes:
+    """A valid envelope but for its one record, which lacks its required name."""
+    document = json.loads(payload(customer_id))
+    del document["events"]["add"]["customerList"][0]["name"]
+    return json.dumps(document).encode()
+
+
+@pytest.mark.parametrize("level", [logging.DEBUG, logging.INFO])
+def test_a_group_is_counted_message_by_message(tmp_path: Path, level: int) -> None:
+    """One group of usual, repeated, alarmed, ignored and unreadable messages: each is
+    counted under its own disposition, and the latency histogram counts every one, whether
+    each message is logged (debug) or only summed (info)."""
+    config = Config.model_validate(
+        {
+            "spool": {"path": str(tmp_path / "spool.db"), "synchronous": "NORMAL"},
+            "health": {"enabled": False},
+            "validation": {"workers": 0},
+            "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
+        }
+    )
+    logger = structlog.wrap_logger(
+        structlog.PrintLogger(io.StringIO()),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+    )
+    made = Bridge(config, logger, connection=FakeConnection.of)
+    connection = fake(made)
+    made.intake.attach(connection)
+    connection.reconnect()
+    group = [
+        connection.message(TOPIC, payload("c1")),
+        connection.message(TOPIC, payload("c2")),
+        connection.message(TOPIC, payload("c1")),  # the same msgId again
+        connection.message(TOPIC, without_name("c3")),
+        connection.message("acme/proj_42/v1-business-model-customer_error", b"{}"),
+        connection.message("elsewhere/entirely", b"{}"),
+        connection.message(TOPIC, b"{not json"),
+    ]
+    try:
+        made.intake.process(group)
+        text = made.metrics.render().decode()
+    finally:
+        for target in made.targets:
+            target.sink.close()
+        made.spool.close()
+
+    stats = made.stats
+    assert (stats.received, stats.forwarded, stats.duplicates) == (7, 2, 1)
+    assert stats.rejected == 1
+    assert sum(stats.alarms.values()) == 2  # the record without a name, the unreadable one
+    assert sum(stats.ignored.values()) == 2
+    samples = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line.startswith(("bridge_messages_received_total", "bridge_processing_seconds_count"))
+    }
+    assert samples['bridge_messages_received_total{disposition="processed"}'] == 4
+    assert samples['bridge_messages_received_total{disposition="duplicate"}'] == 1
+    assert samples["bridge_processing_seconds_count"] == 7
+    assert connection.acked == [1, 2, 3, 4, 5, 6, 7]
+    lines = (tmp_path / "out.jsonl").read_bytes().splitlines()
+    assert [json.loads(line)["customer"]["id"] for line in lines] == ["c1", "c2"]

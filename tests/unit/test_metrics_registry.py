@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import promtool
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.metrics import ALARM_KIND, REJECTION_FIELDS, Metrics, field_label
+from bridge.metrics import ALARM_KIND, REJECTION_FIELDS, GroupHistogram, Metrics, field_label
 
 
 def series(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -95,3 +98,61 @@ def test_every_field_label_is_created_at_start() -> None:
     assert {field_label(path) for path in paths} <= set(REJECTION_FIELDS)
     found = series(Metrics(process=False))
     assert all(found[("bridge_rejections_total", (("field", f),))] == 0 for f in REJECTION_FIELDS)
+
+
+BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+def rendered(registry: CollectorRegistry) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
+    """A registry's samples but the creation time, which differs between two registries."""
+    return [
+        (sample.name, tuple(sorted(sample.labels.items())), sample.value)
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    ]
+
+
+@given(
+    st.lists(
+        st.lists(
+            st.one_of(
+                st.sampled_from([*BOUNDS, 0.0, 3.0, 1e9]),
+                st.floats(min_value=0, max_value=10, allow_nan=False),
+            ),
+            max_size=20,
+        ),
+        max_size=6,
+    )
+)
+def test_a_group_histogram_renders_as_the_library_histogram_of_the_same_values(
+    groups: list[list[float]],
+) -> None:
+    """Values on a bound, between bounds and beyond the last, observed a group at a time:
+    the same buckets, count and sum as `prometheus_client.Histogram` observing each."""
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    grouped = GroupHistogram("x_seconds", "Seconds", BOUNDS, ours)
+    single = Histogram("x_seconds", "Seconds", buckets=BOUNDS, registry=theirs)
+    for group in groups:
+        grouped.observe_many(group)
+        for value in group:
+            single.observe(value)
+
+    mine, library = rendered(ours), rendered(theirs)
+    assert [(n, labels) for n, labels, _ in mine] == [(n, labels) for n, labels, _ in library]
+    for (_, _, a), (_, _, b) in zip(mine, library, strict=True):
+        assert abs(a - b) <= 1e-9 * max(1.0, abs(b))
+    assert "x_seconds_created" in generate_latest(ours).decode()
+
+
+def test_the_processing_latency_is_created_at_zero_and_counts_each_message() -> None:
+    """The intake's histogram exists before the first message and counts every one."""
+    metrics = Metrics(process=False)
+    assert series(metrics)[("bridge_processing_seconds_count", ())] == 0
+    metrics.latency.observe_many([0.0004, 0.003, 7.0])
+    metrics.latency.observe(0.001)
+    found = series(metrics)
+    assert found[("bridge_processing_seconds_count", ())] == 4
+    assert found[("bridge_processing_seconds_bucket", (("le", "0.001"),))] == 2
+    assert found[("bridge_processing_seconds_bucket", (("le", "2.5"),))] == 3
+    assert found[("bridge_processing_seconds_bucket", (("le", "+Inf"),))] == 4

@@ -145,3 +145,35 @@ def test_a_message_without_msgid_is_keyed_by_the_sha256_of_topic_and_payload() -
     expected = hashlib.sha256(TOPIC.encode() + b"\0" + payload).hexdigest()
     assert dedup_key(None, TOPIC, payload) == "h:" + expected
     assert dedup_key("m-1", TOPIC, payload) == "m:m-1"
+
+
+def test_routes_that_take_everything_give_each_sink_what_matching_per_record_gives() -> None:
+    """With every route open, records go to each sink whole; the rows each sink gets, and
+    their order, are those that matching each record against each route gives (a route
+    listing every operation lets all through too, but is matched record by record)."""
+    batch = [
+        received(envelope("m1", "a", "b")),
+        received(envelope("m2", "c", nameless="c")),
+        received(envelope("m3", "d", "e", op="edit")),
+        received(envelope("m1", "a", "b")),
+    ]
+    listed = Route(ops=tuple(Op))
+    open_plan = planned(batch, set(), [LOCAL, EVERYTHING], {"file"})
+    matched = planned(
+        batch,
+        set(),
+        [Destination("file", listed), Destination("hook", listed)],
+        {"file"},
+    )
+
+    def by_sink(result: Plan) -> dict[str, list[tuple[str, bytes | str]]]:
+        found: dict[str, list[tuple[str, bytes | str]]] = {}
+        for row in result.rows:
+            found.setdefault(row.target, []).append((row.okey, row.body))
+        return found
+
+    assert by_sink(open_plan) == by_sink(matched)
+    assert [r.okey for r in open_plan.direct["file"]] == [r.okey for r in matched.direct["file"]]
+    assert [r.okey.split("\x1f")[-1] for r in open_plan.direct["file"]] == ["a", "b", "d", "e"]
+    assert open_plan.keys == matched.keys == ["m:m1", "m:m2", "m:m3"]
+    assert open_plan.duplicates == matched.duplicates == {3}

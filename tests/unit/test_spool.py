@@ -71,6 +71,21 @@ def test_store_due_done_round_trip(spool: Spool) -> None:
     assert spool.targets() == {}
 
 
+def test_a_body_given_as_utf8_bytes_is_stored_and_read_back_as_its_text(spool: Spool) -> None:
+    """A digest carries each event's JSON as UTF-8 bytes: the row holds the same text as a
+    str body would (CJK, quotes and all), and reads back as str, also after a give-up."""
+    text = json.dumps({"name": "张三", "note": 'a "quoted" word'}, ensure_ascii=False)
+    spool.store([NewRow("sink", "a", text.encode()), NewRow("sink", "b", text)], [], now=T0)
+
+    rows = spool.due("sink", 10, now=T0 + 1)
+
+    assert [(r.okey, r.body) for r in rows] == [("a", text), ("b", text)]
+    assert all(type(r.body) is str for r in rows)
+    spool.give_up(rows[:1], "refused", kind="event")
+    (letter,) = spool.dead_letters()
+    assert letter.body == text.encode()
+
+
 def test_due_returns_rows_oldest_first(spool: Spool) -> None:
     """Rows of one target come back in the order they were stored, across stores."""
     spool.store([new_row("c", 1), new_row("a", 1)], [])

@@ -504,8 +504,7 @@ def _depth(node: object) -> int:
 _TRICKY_TEXT = st.text(alphabet=st.sampled_from('"\\[]{}:,a\u00e9\n'), max_size=8)
 _DOCUMENTS = st.recursive(
     st.none() | st.integers() | _TRICKY_TEXT,
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(_TRICKY_TEXT, inner, max_size=4),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TRICKY_TEXT, inner, max_size=4),
     max_leaves=40,
 )
 
