@@ -41,12 +41,6 @@ __all__ = ["ALARMS", "NewRow"]
 """The outbox target of alarms; sinks have their configured names."""
 
 RAW_PAYLOAD_LIMIT = 4096
-RECENT_KEYS = 20_000
-"""De-duplication keys kept in `seen_recent` (and in memory) before they are folded into the
-indexed `seen` table (docs/performance.md, "The de-duplication window")."""
-FOLD_CHUNK = 2_500
-"""Keys folded into `seen` per step: a fold of `RECENT_KEYS` takes eight steps, one after
-each intake group, so that no group waits for the whole of it."""
 MiB = 1024 * 1024
 _SQLITE_FULL = 13
 _ROW = "id, target, okey, body, created, attempts, next_at"
@@ -74,12 +68,6 @@ CREATE TABLE IF NOT EXISTS seen (
     at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS seen_by_age ON seen (at);
--- The newest keys, appended in arrival order (no index: see Spool.fold_seen), until they are
--- folded into `seen` in key order.
-CREATE TABLE IF NOT EXISTS seen_recent (
-    at REAL NOT NULL,
-    key TEXT NOT NULL
-);
 CREATE TABLE IF NOT EXISTS dead (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     target TEXT NOT NULL,
@@ -274,15 +262,6 @@ class Replayed:
 class Spool:
     """One SQLite database; every method is safe to call from any thread."""
 
-    _recent: dict[str, float]
-    """Keys in `seen_recent` not yet folded, with their time: looked up here, not on disk."""
-    _folding: list[tuple[str, float]]
-    """The keys of a fold under way, in key order; those before `_folded` are in `seen`
-    already, and `_fold_upto` is the last `seen_recent` rowid the fold covers."""
-    _folded: int
-    _fold_upto: int
-    _folding_set: set[str] | None = None
-
     def __init__(
         self,
         path: Path,
@@ -368,13 +347,6 @@ class Spool:
             self._data_version = version
             self._pending = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
             self._raw_usage = None
-            # The recent keys as stored (at the start; after another process's write, which
-            # the intake's own never are): a fold under way starts again from the table.
-            self._recent = {
-                str(key): float(at)
-                for key, at in self._db.execute("SELECT key, at FROM seen_recent ORDER BY rowid")
-            }
-            self._folding, self._folding_set, self._folded, self._fold_upto = [], None, 0, 0
 
     # room
 
@@ -504,11 +476,9 @@ class Spool:
                     " VALUES (?, ?, CAST(? AS TEXT), ?)",
                     [(r.target, r.okey, r.body, at) for r in rows],
                 )
-                # Appended, not indexed: a key index takes a page write per key at random
-                # (docs/performance.md); `fold_seen` moves them into `seen` in key order.
                 self._db.executemany(
-                    "INSERT INTO seen_recent (at, key) VALUES (?, ?)",
-                    [(at, key) for key in seen_keys],
+                    "INSERT OR REPLACE INTO seen (key, at) VALUES (?, ?)",
+                    [(key, at) for key in seen_keys],
                 )
                 usage = self._store_payloads(raw_payloads, at) if raw_payloads else None
                 self._db.execute("COMMIT")
@@ -519,9 +489,6 @@ class Spool:
                     self._checkpoint()  # the next try may then fit in the log as it is
                 raise SpoolError(f"cannot write the spool: {exc}") from None
             self._pending += len(rows)
-            recent = self._recent
-            for key in seen_keys:
-                recent[key] = at
             if usage is not None:
                 self._raw_usage = usage
             written = sum(len(r.body) + len(r.okey) + 64 for r in rows)
@@ -609,12 +576,8 @@ class Spool:
         wanted = list(keys)
         if not wanted:
             return set()
+        found: set[str] = set()
         with self._lock:
-            self._refresh()
-            recent = self._recent
-            found = {key for key in wanted if key in recent}
-            if self._folding:
-                found.update(key for key in wanted if key in self._folding_keys)
             for start in range(0, len(wanted), 500):
                 chunk = wanted[start : start + 500]
                 marks = ",".join("?" * len(chunk))
@@ -622,113 +585,25 @@ class Spool:
                 found.update(str(k) for (k,) in self._db.execute(query, chunk))
         return found
 
-    @property
-    def _folding_keys(self) -> set[str]:
-        # Keys of a fold under way (in `seen_recent` until its last step): a set of them is
-        # made once per fold.
-        keys = self._folding_set
-        if keys is None:
-            keys = self._folding_set = {key for key, _ in self._folding}
-        return keys
-
-    def fold_seen(self, *, force: bool = False) -> bool:
-        """Move recent de-duplication keys into the indexed `seen` table, a step at a time.
-
-        Once `RECENT_KEYS` have gathered (or with `force`, whatever there is), a fold takes
-        them all, in key order, and inserts `FOLD_CHUNK` of them per call (per intake group):
-        sorted, neighbouring keys share the index pages a commit writes, where each key
-        stored as it comes takes a page of its own. The last step deletes the folded rows
-        from `seen_recent` in the same transaction. A crash part-way leaves keys in both
-        tables, which is harmless; the next start folds them again. Whether a step ran."""
-        with self._lock:
-            self._refresh()  # another process's write reloads the recent keys, fold and all
-            return self._fold_step(force=force)
-
-    def _fold_step(self, *, force: bool) -> bool:
-        # Called with the lock held.
-        if not self._folding:
-            if not self._recent or (len(self._recent) < RECENT_KEYS and not force):
-                return False
-            upto = self._db.execute("SELECT MAX(rowid) FROM seen_recent").fetchone()[0]
-            self._folding = sorted(self._recent.items())
-            self._folding_set = None
-            self._folded, self._fold_upto = 0, int(upto or 0)
-            self._recent = {}
-        # On a small volume a step stays a fraction of the free-space floor (a page a key).
-        step = min(max(self.floor // (4 * self._page), 100), FOLD_CHUNK)
-        chunk = self._folding[self._folded : self._folded + step]
-        last = self._folded + len(chunk) >= len(self._folding)
-        try:
-            # Without an fsync of its own: the keys are durable in `seen_recent` already, and
-            # a step lost to a power cut leaves them there (a later commit never survives an
-            # earlier one in the log).
-            self._set_sync("NORMAL")
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("INSERT OR REPLACE INTO seen (key, at) VALUES (?, ?)", chunk)
-            if last:
-                self._db.execute("DELETE FROM seen_recent WHERE rowid <= ?", (self._fold_upto,))
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise SpoolError(f"cannot fold the de-duplication keys: {exc}") from None
-        self._folded += len(chunk)
-        if last:
-            self._folding, self._folding_set, self._folded = [], None, 0
-        return True
-
     def prune_seen(self, now: float | None = None) -> int:
         """Drop keys older than the window's age, then the oldest beyond its size."""
         at = now or time.time()
-        cutoff = at - self._dedup_max_age
         with self._lock:
-            self._refresh()
-            while self._folding:  # the recent keys in one place before counting them
-                self._fold_step(force=False)
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                gone = self._db.execute("DELETE FROM seen WHERE at < ?", (cutoff,)).rowcount
-                # The recent keys (at most RECENT_KEYS of them, unindexed) are looked at here
-                # once a minute: at a low rate they may wait long for their fold.
-                old = [key for key, stamp in self._recent.items() if stamp < cutoff]
-                if old:
-                    gone += self._db.execute(
-                        "DELETE FROM seen_recent WHERE at < ?", (cutoff,)
-                    ).rowcount
-                indexed = int(self._db.execute("SELECT COUNT(*) FROM seen").fetchone()[0])
-                excess = indexed + len(self._recent) - len(old) - self._dedup_max_keys
-                dropped = self._oldest_recent(excess, old) if excess > 0 else []
-                gone += len(dropped)
+                gone = self._db.execute(
+                    "DELETE FROM seen WHERE at < ?", (at - self._dedup_max_age,)
+                ).rowcount
                 gone += self._db.execute(
-                    "DELETE FROM seen WHERE key IN (SELECT key FROM seen ORDER BY at"
-                    " LIMIT max(? - ?, 0))",
-                    (excess, len(dropped)),
+                    "DELETE FROM seen WHERE key IN (SELECT key FROM seen ORDER BY at DESC"
+                    " LIMIT -1 OFFSET ?)",
+                    (self._dedup_max_keys,),
                 ).rowcount
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
                 raise SpoolError(f"cannot prune the de-duplication window: {exc}") from None
-            for key in [*old, *dropped]:
-                self._recent.pop(key, None)
         return int(gone)
-
-    def _oldest_recent(self, excess: int, old: Sequence[str]) -> list[str]:
-        """The recent keys among the `excess` oldest of the window (with the lock held, in
-        the prune's transaction), deleted from `seen_recent`: `seen` gives the rest."""
-        gone = set(old)
-        recent = sorted(
-            ((stamp, key) for key, stamp in self._recent.items() if key not in gone),
-        )[:excess]
-        if not recent:
-            return []
-        indexed = self._db.execute("SELECT at FROM seen ORDER BY at LIMIT ?", (excess,)).fetchall()
-        oldest = sorted([(float(a), 0) for (a,) in indexed] + [(a, 1) for a, _ in recent])
-        take = sum(1 for _, which in oldest[:excess] if which)
-        dropped = [key for _, key in recent[:take]]
-        for start in range(0, len(dropped), 500):
-            chunk = dropped[start : start + 500]
-            marks = ",".join("?" * len(chunk))  # only '?' placeholders are joined in
-            self._db.execute(f"DELETE FROM seen_recent WHERE key IN ({marks})", chunk)  # noqa: S608
-        return dropped
 
     # delivery
 

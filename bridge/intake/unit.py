@@ -124,7 +124,6 @@ class Intake:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._work, name="bridge-intake", daemon=True)
         self._last_prune = 0.0
-        self._fold_failing = False
 
     # --- the connection's side ---------------------------------------------------------
 
@@ -421,19 +420,6 @@ class Intake:
             return True
 
     def _prune(self) -> None:
-        # Between groups, once the acks are out: a step of folding the recent de-duplication
-        # keys into their index (when enough have gathered), and now and then the window's end.
-        try:
-            self._spool.fold_seen()
-        except SpoolError as exc:
-            # The keys stay where they are, looked up as well; the next group tries again.
-            if not self._fold_failing:
-                self._fold_failing = True
-                self._log.warning("dedup_fold_failed", reason=str(exc))
-        else:
-            if self._fold_failing:
-                self._fold_failing = False
-                self._log.info("dedup_fold_recovered")
         now = time.monotonic()
         if now - self._last_prune >= PRUNE_EVERY:
             self._last_prune = now

@@ -67,11 +67,7 @@ def seen_keys(spool: Path) -> int:
         return 0
     db = sqlite3.connect(f"file:{spool}?mode=ro", uri=True)
     try:
-        # Recent keys wait unindexed in `seen_recent` until they are folded into `seen`.
-        return sum(
-            int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
-            for table in ("seen", "seen_recent")
-        )
+        return int(db.execute("SELECT COUNT(*) FROM seen").fetchone()[0])
     finally:
         db.close()
 
