@@ -20,7 +20,10 @@ from common import Mosquitto
 from bridge.config import BrokerConfig, DeliveryConfig
 from bridge.delivery import Worker, alarm_sender
 from bridge.mqtt import Publisher
-from bridge.runtime import ALARM_BATCH
+try:
+    from bridge.targets import ALARM_BATCH
+except ImportError:  # a bridge from before the targets module (--bridge-ref)
+    from bridge.runtime import ALARM_BATCH  # type: ignore[attr-defined,no-redef]
 from bridge.spool import ALARMS, NewRow, Spool
 
 TOPIC = "acme/proj_42/v1-business-model-error-customer"

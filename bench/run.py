@@ -109,6 +109,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the webhook receiver waits this long before each answer, as one across a "
         "network would (0: answers at once)",
     )
+    parser.add_argument(
+        "--window-keys",
+        type=int,
+        default=0,
+        metavar="N",
+        help="start each bridge drain with N de-duplication keys in its spool, as a bridge "
+        "that has run for a while holds (0: a new spool)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep bench/.work (logs, files)")
     parser.add_argument("--results", type=Path, default=BENCH / "results")
     args = parser.parse_args(argv)
@@ -128,6 +136,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             value = text
         scenarios.OVERRIDES[key.strip()] = value
     hook_server.DELAY = args.hook_delay
+    scenarios.WINDOW_KEYS = args.window_keys
     return args
 
 
@@ -384,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     env["bridge_source"] = select_bridge(args, work)
     env["bridge_imported_from"] = scenarios.bridge_location()
     env["bridge_config_overrides"] = dict(scenarios.OVERRIDES)
+    env["window_keys"] = scenarios.WINDOW_KEYS
     env["hook_delay_seconds"] = hook_server.DELAY
     log(f"bridge: {env['bridge_source']}, imported from {env['bridge_imported_from']}")
     command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -43,6 +44,7 @@ from bridge import testing
 
 BRIDGE_ROOT = ROOT  # where `bridge` is imported from (--bridge-root / --bridge-ref change it)
 OVERRIDES: dict[str, Any] = {}  # dotted config keys set on every bridge (--bridge-set)
+WINDOW_KEYS = 0  # de-duplication keys already in a bridge's spool before a drain (--window-keys)
 BRIDGE_FILTER = "+/+/+"  # what the bridge subscribes with the default subscription
 SHARE_GROUP = "bench"
 _MSG_ID = re.compile(rb'"msgId":"([^"]*)"')
@@ -517,6 +519,22 @@ class MirrorProbe:
             self._server.stop()
 
 
+def prefill_window(spool: Path, keys: int) -> None:
+    """Put `keys` de-duplication keys (none of the backlog's) into a new spool, as a bridge
+    that has run for a while holds: the window's size sets what each new key costs. Only
+    the `seen` table, whose layout every bridge version shares; the bridge makes the rest."""
+    with sqlite3.connect(str(spool)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, at REAL NOT NULL)")
+        db.execute("CREATE INDEX IF NOT EXISTS seen_by_age ON seen (at)")
+        now = time.time()
+        db.executemany(
+            "INSERT INTO seen (key, at) VALUES (?, ?)",
+            ((f"m:prefill-{n:09d}", now - keys + n) for n in range(keys)),
+        )
+    db.close()
+
+
 def drain_bridge(
     workdir: Path,
     envelopes: Sequence[Envelope],
@@ -558,6 +576,8 @@ def drain_bridge(
             broker_extra=broker_extra,
             spool_extra=spool_extra,
         )
+        if WINDOW_KEYS:
+            prefill_window(workdir / "spool.db", WINDOW_KEYS)
         bridge = BridgeProcess(workdir, "bridge", config)
         prime_session(broker, client_id, [BRIDGE_FILTER])
         probe = Counter(broker, "bench-alarms", traffic.error_topics()).open()
