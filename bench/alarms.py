@@ -20,6 +20,7 @@ from common import Mosquitto
 from bridge.config import BrokerConfig, DeliveryConfig
 from bridge.delivery import Worker, alarm_sender
 from bridge.mqtt import Publisher
+
 try:
     from bridge.targets import ALARM_BATCH
 except ImportError:  # a bridge from before the targets module (--bridge-ref)
@@ -46,7 +47,11 @@ def _alarm(n: int) -> NewRow:
             }
         },
     }
-    return NewRow(ALARMS, "", json.dumps({"topic": TOPIC, "payload": payload}))
+    # Written as the bridge writes its alarm rows (`encoding.alarm_body`): compact JSON.
+    body = json.dumps(
+        {"topic": TOPIC, "payload": payload}, ensure_ascii=False, separators=(",", ":")
+    )
+    return NewRow(ALARMS, "", body)
 
 
 def _sender(publisher: Publisher, pipelined: bool) -> Any:

@@ -16,7 +16,6 @@ single records, so that only the records refused on their own go to the dead let
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import threading
 import time
@@ -28,7 +27,7 @@ import structlog
 
 from bridge.config import DeliveryConfig
 from bridge.core import alarms
-from bridge.core.encoding import alarm_body, encode_event, ordering_key
+from bridge.core.encoding import alarm_body, alarm_message, encode_event, ordering_key
 from bridge.core.events import DownstreamEvent
 from bridge.core.outbox import NewRow, alarm_outbox_row
 from bridge.errors import BrokerError, PublishRefused, SinkError
@@ -540,9 +539,8 @@ def alarm_sender(publish_many: PublishBatch) -> Callable[[Sequence[Row]], SendRe
     def send(rows: Sequence[Row]) -> SendResult:
         messages: list[tuple[str, bytes, int, bool]] = []
         for row in rows:
-            alarm = row.decoded()
-            payload = json.dumps(alarm["payload"], ensure_ascii=False, separators=(",", ":"))
-            messages.append((alarm["topic"], payload.encode(), 1, False))
+            topic, payload = alarm_message(row.body)
+            messages.append((topic, payload, 1, False))
         return judged(publish_many(messages))
 
     return send

@@ -73,3 +73,23 @@ def encode_event(event: DownstreamEvent, *, floats: bool = True) -> str:
 def alarm_body(alarm: Alarm) -> str:
     """An alarm as the alarm outbox keeps it: its topic and its envelope."""
     return encode_json({"topic": alarm.topic, "payload": alarm.payload})
+
+
+class _AlarmRow(msgspec.Struct):
+    topic: str
+    payload: msgspec.Raw
+
+
+_ALARM_ROW = msgspec.json.Decoder(_AlarmRow)
+
+
+def alarm_message(body: str | bytes) -> tuple[str, bytes]:
+    """The topic and the payload to publish of an alarm row (`alarm_body`'s text).
+
+    The payload is the envelope's own text inside the row, not decoded and encoded again:
+    compact JSON holds a nested value exactly as it encodes alone, so these are the bytes
+    `encode_json` gives for the envelope (a test compares both over every alarm shape).
+    Whitespace between tokens, which no row of the bridge's holds, is taken out all the same
+    (0.7 µs in C), so a row written otherwise still publishes compact JSON."""
+    row = _ALARM_ROW.decode(body)
+    return row.topic, msgspec.json.format(row.payload, indent=-1)
