@@ -678,7 +678,8 @@ def profile(args: argparse.Namespace, work: Path, document: dict[str, Any]) -> i
     print(text)
     stacks = path.with_suffix(".stacks.tmp")  # large: bench/.gitignore keeps it out of git
     shutil.copyfile(raw, stacks)
-    print(f"\nresults: {path.relative_to(ROOT)}, collapsed stacks: {stacks.relative_to(ROOT)}")
+    shown = [p.relative_to(ROOT) if p.is_relative_to(ROOT) else p for p in (path, stacks)]
+    print(f"\nresults: {shown[0]}, collapsed stacks: {shown[1]}")
     return 0
 
 
