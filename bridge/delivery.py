@@ -27,6 +27,7 @@ import structlog
 
 from bridge.config import DeliveryConfig
 from bridge.core import alarms
+from bridge.core.digest import Forward
 from bridge.core.encoding import alarm_body, alarm_message, encode_event, ordering_key
 from bridge.core.events import DownstreamEvent
 from bridge.core.outbox import NewRow, alarm_outbox_row
@@ -130,6 +131,22 @@ def hand_over(
     answer = cast(JsonSink, sink).send_json(bodies) if as_json else sink.send(events)
     # Anything else from an operator's code means it took the batch whole.
     return answer if isinstance(answer, Refused | Partial) else None
+
+
+def hand_over_records(target: Target, records: Sequence[Forward]) -> SendResult:
+    """Give digested records to `target`'s sink, under its lock: a lines sink gets their
+    bodies joined as they are, a JSON sink their text, any other sink the events."""
+    sink = target.sink
+    if target.lines:
+        block = [r.body for r in records]
+        block.append(b"")  # each line ends with its newline
+        with target.lock:
+            cast(LinesSink, sink).send_lines(b"\n".join(block))
+        return None
+    events = [] if target.json else [r.event() for r in records]
+    bodies = [r.body.decode() for r in records] if target.json else []
+    with target.lock:
+        return hand_over(sink, events, bodies, as_json=target.json)
 
 
 def alarm_row(alarm: alarms.Alarm) -> NewRow:

@@ -107,7 +107,7 @@ class Status:
         for index, item in enumerate(items):
             if (
                 quiet
-                and item.disposition == _PROCESSED
+                and item.processed
                 and not item.alarms
                 and not item.rejected
                 and not item.error_fields

@@ -57,9 +57,11 @@ def plan(
     rows = result.rows
     # Where every route takes everything (the usual config), a message's records go to each
     # sink whole, without a match per record and sink; each sink's order is the same.
-    wholesale = [(d.name, result.direct.get(d.name)) for d in destinations if d.route.everything]
-    if len(wholesale) < len(destinations):
-        wholesale = []
+    wholesale = (
+        [(d.name, result.direct.get(d.name)) for d in destinations]
+        if all(d.route.everything for d in destinations)
+        else []
+    )
     for index, item in enumerate(batch):
         if item.raw is not None and item.key is None:
             # Our own bug, or a topic SPEC 1 refuses: kept raw rather than dropped.

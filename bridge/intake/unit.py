@@ -19,7 +19,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 import structlog
 
@@ -27,7 +27,7 @@ from bridge.core.digest import Digest, Forward
 from bridge.core.outbox import NewRow
 from bridge.core.pipeline import Pipeline
 from bridge.core.plan import Destination, plan
-from bridge.delivery import Target, hand_over
+from bridge.delivery import Target, hand_over_records
 from bridge.errors import SinkError
 from bridge.intake.connection import BrokerConnection
 from bridge.intake.message import InboundMessage
@@ -38,7 +38,7 @@ from bridge.intake.workers import (
     Slices,
     digest_message,
 )
-from bridge.sinks import LinesSink, Partial, SendResult
+from bridge.sinks import Partial
 from bridge.spool import Spool, SpoolError
 from bridge.status import Status
 
@@ -360,17 +360,7 @@ class Intake:
         # gives up on the first and retries the rest.
         taken, refused, failure = 0, set[int](), None
         try:
-            if target.lines:  # the bodies as they came from the digests, joined once
-                block = [r.body for r in records]
-                block.append(b"")
-                with target.lock:
-                    cast(LinesSink, sink).send_lines(b"\n".join(block))
-                answer: SendResult = None
-            else:
-                events = [] if target.json else [r.event() for r in records]
-                bodies = [r.body.decode() for r in records] if target.json else []
-                with target.lock:
-                    answer = hand_over(sink, events, bodies, as_json=target.json)
+            answer = hand_over_records(target, records)
         except Exception as exc:  # noqa: BLE001 - whatever it was, the worker retries it
             failure = exc
         else:
