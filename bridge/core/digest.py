@@ -133,7 +133,7 @@ def digest(outcome: Outcome, payload: bytes) -> Digest:
         outcome.ops,
         key,
         forward,
-        tuple(alarm_body(alarm) for alarm in outcome.alarms),
+        tuple(alarm_body(alarm, floats=floats) for alarm in outcome.alarms),
         tuple((alarm.status, alarm.code) for alarm in outcome.alarms),
         outcome.rejected,
         tuple(error.field for error in outcome.errors),

@@ -8,7 +8,8 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.core.encoding import alarm_message, encode_event, encode_json
+from bridge.core import alarms
+from bridge.core.encoding import alarm_body, alarm_message, encode_event, encode_json
 from bridge.core.events import DownstreamEvent
 from bridge.core.records import Op
 from bridge.core.topics import TopicKind
@@ -140,3 +141,32 @@ def test_an_alarm_row_with_whitespace_still_publishes_compact_json() -> None:
     payload = {"msgId": "m-1", "events": {"add_error": {"code": 400, "msg": "a b: c, d"}}}
     body = json.dumps({"topic": "t/x", "payload": payload})
     assert alarm_message(body) == ("t/x", standard(payload).encode())
+
+
+@settings(max_examples=300)
+@given(st.lists(JSON, min_size=1, max_size=3))
+def test_an_alarm_quoting_parsed_records_encodes_as_the_standard_library_does(
+    records: list[object],
+) -> None:
+    """An alarm quotes the records it rejects as they were parsed. Told what the parse said
+    (no float in the payload), its encoding skips the look for one and still writes the
+    standard text; told nothing, it looks."""
+    payload = json.dumps(records).encode("utf-8", "surrogatepass")
+    try:
+        document, _flawed, floats = _decode(payload, Rules(max_depth=1000))
+    except ValueError:  # a lone surrogate: the payload is refused before any alarm quotes it
+        return
+    alarm = alarms.build(
+        error_topic="acme/proj_42/v1-business-model-error-customer",
+        op="add",
+        code=400,
+        msg="rejected",
+        records=document,
+        errors=(),
+        source_msg_id="m-1",
+        now_ms=1_700_000_000_000,
+        alarm_id="a-1",
+    )
+    expected = standard({"topic": alarm.topic, "payload": alarm.payload})
+    assert alarm_body(alarm, floats=floats) == expected
+    assert alarm_body(alarm) == expected
