@@ -43,6 +43,9 @@ def _no_delay(_client: Client, _userdata: Any, sock: Any) -> None:
 MAX_INFLIGHT = 100
 """Publishes paho keeps unacknowledged at once (MQTT 5: at most the broker's Receive Maximum)."""
 
+ACK_SLICE = 0.05
+"""Longest a wait for acknowledgements goes without looking whether the connection dropped."""
+
 Message = tuple[str, bytes, int, bool]
 """A publish: topic, payload, QoS, retain."""
 
@@ -61,7 +64,6 @@ class Publisher:
         self._v5 = config.protocol == "5"
         self._puback_reasons: dict[int, ReasonCode] = {}
         self._refused: str | None = None
-        self._acked = threading.Condition()  # notified on each acknowledgement and disconnect
         self.connected = threading.Event()
         self._client = self._make_client(f"{config.client_id}-pub")
         self._client.on_connect = self._on_connect
@@ -171,22 +173,27 @@ class Publisher:
         return outcomes
 
     def _wait_for_acks(self, infos: Sequence[MQTTMessageInfo | None]) -> None:
-        """Wait until every message is acknowledged, the connection drops, or the deadline."""
+        """Wait until every message is acknowledged, the connection drops, or the deadline.
+
+        Waited on the last message not yet acknowledged, on paho's own signal for it: the
+        broker acknowledges in publish order, so that one comes last and the wait is woken
+        once per batch, not once per acknowledgement (each a switch between threads).
+        """
         deadline = time.monotonic() + self._config.publish_timeout
         first = 0  # every message before `first` is acknowledged
-        with self._acked:
-            while self.connected.is_set():
-                while first < len(infos):
-                    info = infos[first]
-                    if info is not None and not info.is_published():
-                        break
-                    first += 1
-                remaining = deadline - time.monotonic()
-                if first == len(infos) or remaining <= 0:
-                    return
-                # paho marks a message published just after our callback ran: a short
-                # slice catches the one whose notification came a moment early.
-                self._acked.wait(min(remaining, 0.02))
+        while self.connected.is_set():
+            while first < len(infos):
+                info = infos[first]
+                if info is not None and not info.is_published():
+                    break
+                first += 1
+            remaining = deadline - time.monotonic()
+            if first == len(infos) or remaining <= 0:
+                return
+            waiting = [i for i in infos[first:] if i is not None and not i.is_published()]
+            if waiting:  # (else the last came in meanwhile)
+                # A slice at a time: a dropped connection says so within one.
+                waiting[-1].wait_for_publish(min(remaining, ACK_SLICE))
 
     def _set_window(self, inflight: int) -> None:
         """Keep at most `inflight` publishes unacknowledged on this connection.
@@ -256,8 +263,6 @@ class Publisher:
     ) -> None:
         try:
             self.connected.clear()
-            with self._acked:
-                self._acked.notify_all()
         except Exception:  # noqa: BLE001 - must not reach paho's loop
             self._log.exception("callback_failed", callback="on_disconnect")
 
@@ -273,7 +278,5 @@ class Publisher:
         try:
             if self._v5 and reason.is_failure:
                 self._puback_reasons[mid] = reason
-            with self._acked:
-                self._acked.notify_all()
         except Exception:  # noqa: BLE001 - must not reach paho's loop
             self._log.exception("callback_failed", callback="on_publish")
