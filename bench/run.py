@@ -117,6 +117,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="start each bridge drain with N de-duplication keys in its spool, as a bridge "
         "that has run for a while holds (0: a new spool)",
     )
+    parser.add_argument(
+        "--invalid-share",
+        type=float,
+        default=traffic.INVALID_SHARE,
+        metavar="F",
+        help="share of the drain traffic's envelopes that are invalid, each raising one alarm "
+        f"({traffic.INVALID_SHARE}; 0 shows what the alarms cost a drain)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep bench/.work (logs, files)")
     parser.add_argument("--results", type=Path, default=BENCH / "results")
     args = parser.parse_args(argv)
@@ -394,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     env["bridge_imported_from"] = scenarios.bridge_location()
     env["bridge_config_overrides"] = dict(scenarios.OVERRIDES)
     env["window_keys"] = scenarios.WINDOW_KEYS
+    env["invalid_share"] = args.invalid_share
     env["hook_delay_seconds"] = hook_server.DELAY
     log(f"bridge: {env['bridge_source']}, imported from {env['bridge_imported_from']}")
     command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -420,7 +429,7 @@ def full(args: argparse.Namespace, work: Path, document: dict[str, Any], started
     if args.skip_node_red:
         wanted.discard("node-red")
     log(f"traffic: generating {args.messages:,} envelopes ...")
-    envelopes = traffic.make(args.messages)
+    envelopes = traffic.make(args.messages, invalid_share=args.invalid_share)
     document["traffic"] = traffic.summary(envelopes)
     log(f"  {json.dumps(document['traffic'])}")
     drains: list[Drain] = []
@@ -656,7 +665,7 @@ def soak(args: argparse.Namespace, work: Path, document: dict[str, Any]) -> int:
 
 
 def profile(args: argparse.Namespace, work: Path, document: dict[str, Any]) -> int:
-    envelopes = traffic.make(args.messages)
+    envelopes = traffic.make(args.messages, invalid_share=args.invalid_share)
     document["traffic"] = traffic.summary(envelopes)
     raw = work / "py-spy.txt"
     profiler = spy.Profiler(raw)

@@ -128,8 +128,11 @@ def _break_record(rng: random.Random, record: dict[str, Any], op: str) -> None:
         record["id"] = "y" * 37
 
 
-def make(count: int, *, seed: int = 7, prefix: str = "m") -> list[Envelope]:
-    """`count` envelopes with unique msgIds `{prefix}-{n}`."""
+def make(
+    count: int, *, seed: int = 7, prefix: str = "m", invalid_share: float = INVALID_SHARE
+) -> list[Envelope]:
+    """`count` envelopes with unique msgIds `{prefix}-{n}`, about `invalid_share` of them
+    invalid (one alarm each)."""
     rng = random.Random(seed)
     topics = inbound_topics()
     standard = [t for t in topics if "business-model" in t]
@@ -137,11 +140,13 @@ def make(count: int, *, seed: int = 7, prefix: str = "m") -> list[Envelope]:
     made = []
     for n in range(count):
         msg_id = f"{prefix}-{n:07d}"
-        made.append(_one(rng, msg_id, standard, custom))
+        made.append(_one(rng, msg_id, standard, custom, invalid_share))
     return made
 
 
-def _one(rng: random.Random, msg_id: str, standard: list[str], custom: list[str]) -> Envelope:
+def _one(
+    rng: random.Random, msg_id: str, standard: list[str], custom: list[str], invalid_share: float
+) -> Envelope:
     customization = rng.random() < 0.4
     topic = rng.choice(custom if customization else standard)
     project = topic.split("/")[1].removeprefix("proj_")
@@ -155,7 +160,7 @@ def _one(rng: random.Random, msg_id: str, standard: list[str], custom: list[str]
         "events": {op: {"eventTs": 1661154622000, "eventType": 1, "customerList": records}},
     }
     forwarded, alarms, valid = size, 0, True
-    if rng.random() < INVALID_SHARE:
+    if rng.random() < invalid_share:
         valid, alarms = False, 1
         kind = rng.random()
         if kind < 0.05:
