@@ -180,20 +180,14 @@ class Publisher:
         once per batch, not once per acknowledgement (each a switch between threads).
         """
         deadline = time.monotonic() + self._config.publish_timeout
-        first = 0  # every message before `first` is acknowledged
+        waiting = [info for info in infos if info is not None]
         while self.connected.is_set():
-            while first < len(infos):
-                info = infos[first]
-                if info is not None and not info.is_published():
-                    break
-                first += 1
+            waiting = [info for info in waiting if not info.is_published()]
             remaining = deadline - time.monotonic()
-            if first == len(infos) or remaining <= 0:
+            if not waiting or remaining <= 0:
                 return
-            waiting = [i for i in infos[first:] if i is not None and not i.is_published()]
-            if waiting:  # (else the last came in meanwhile)
-                # A slice at a time: a dropped connection says so within one.
-                waiting[-1].wait_for_publish(min(remaining, ACK_SLICE))
+            # A slice at a time: a dropped connection says so within one.
+            waiting[-1].wait_for_publish(min(remaining, ACK_SLICE))
 
     def _set_window(self, inflight: int) -> None:
         """Keep at most `inflight` publishes unacknowledged on this connection.

@@ -49,9 +49,11 @@ def _encode(value: object, holds_float: bool) -> str:
         return _standard(value)
 
 
-def encode_json(value: object) -> str:
-    """Compact JSON, non-ASCII as is, exactly as `json.dumps(ensure_ascii=False)` writes it."""
-    return _encode(value, _holds_float(value))
+def encode_json(value: object, *, floats: bool = True) -> str:
+    """Compact JSON, non-ASCII as is, exactly as `json.dumps(ensure_ascii=False)` writes it.
+
+    `floats` False: the value holds no float (its parse said so), so it needs no look."""
+    return _encode(value, floats and _holds_float(value))
 
 
 def ordering_key(event: DownstreamEvent) -> str:
@@ -76,8 +78,7 @@ def alarm_body(alarm: Alarm, *, floats: bool = True) -> str:
     `floats` False: the payload it came from held no float. The bridge's own parts of an
     alarm are strings and integers, so only the records it quotes could hold one, and the
     look through them (most of an alarm's encoding time, records being whole) is skipped."""
-    value = {"topic": alarm.topic, "payload": alarm.payload}
-    return _encode(value, floats and _holds_float(value))
+    return encode_json({"topic": alarm.topic, "payload": alarm.payload}, floats=floats)
 
 
 class _AlarmRow(msgspec.Struct):
