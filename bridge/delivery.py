@@ -33,11 +33,41 @@ from bridge.core.events import DownstreamEvent
 from bridge.core.outbox import NewRow, alarm_outbox_row
 from bridge.errors import BrokerError, PublishRefused, SinkError
 from bridge.metrics import Metrics
-from bridge.sinks import JsonSink, LinesSink, Partial, Refused, Route, SendResult, Sink
+from bridge.sinks import EncodedSink, JsonSink, LinesSink, Partial, Refused, Route, SendResult, Sink
 from bridge.sinks.base import PublishBatch
 from bridge.spool import WHOLE, Lane, Row, Spool, SpoolError
 
 Publish = Callable[[str, bytes, int, bool], None]
+
+
+DIRECT_PAUSE = 30.0
+"""Seconds a sink goes through the outbox after a direct hand-over took longer than its budget."""
+
+
+@dataclass(slots=True)
+class Gate:
+    """When the intake may hand a remote sink its events itself again.
+
+    A receiver that answers slowly would hold the intake (every other sink, and the acks)
+    while it waits. A group's hand-over that takes longer than the sink's budget pauses the
+    direct path for `pause` seconds: the sink's events go through the outbox (its worker,
+    retries) meanwhile, and once the pause is over and the outbox drained the intake tries
+    again.
+    """
+
+    pause: float = DIRECT_PAUSE
+    until: float = 0.0
+
+    def open(self, now: float) -> bool:
+        """Whether the direct path is open at `now` (monotonic seconds)."""
+        return now >= self.until
+
+    def took(self, seconds: float, budget: float | None, now: float) -> bool:
+        """Note a hand-over of `seconds`; True when it was over `budget` and the gate closed."""
+        if budget is None or seconds <= budget:
+            return False
+        self.until = now + self.pause
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +87,18 @@ class Target:
     """Whether a customer's later events wait behind its dead letter at this sink."""
     lanes: int = 1
     """Workers delivering to this sink at once, each for its own share of the customers."""
+    budget: float | None = None
+    """Seconds a direct hand-over of one group may take before the sink is paused (`Gate`);
+    None for a local sink, which is never paused."""
+    gate: Gate = field(default_factory=Gate, compare=False, repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
     json: bool = field(init=False, compare=False, repr=False)
     """Whether the sink takes encoded JSON (`takes_json`), found once: the check is a
     runtime protocol check, about 18 µs, which a small group would pay twice per hand-over."""
     lines: bool = field(init=False, compare=False, repr=False)
     """Whether the sink takes a block of JSON lines (`LinesSink`), found once likewise."""
+    encoded: bool = field(init=False, compare=False, repr=False)
+    """Whether the sink takes encoded events as bytes (`EncodedSink`), found once likewise."""
 
     @property
     def direct(self) -> bool:
@@ -73,9 +109,15 @@ class Target:
         """
         return self.sink.direct and self.linger == 0
 
+    def takes_directly(self, now: float) -> bool:
+        """Whether the intake may hand events to this sink itself now: `direct`, and not
+        paused for a hand-over that took longer than its budget."""
+        return self.direct and self.gate.open(now)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "json", takes_json(self.sink))
         object.__setattr__(self, "lines", isinstance(self.sink, LinesSink))
+        object.__setattr__(self, "encoded", isinstance(self.sink, EncodedSink))
         # A direct hand-over by the intake waits for nothing of the sink in the spool, which
         # with lanes would be another lane's rows: the config refuses lanes for such sinks.
         if self.lanes > 1 and self.direct:
@@ -128,14 +170,19 @@ def hand_over(
 ) -> SendResult:
     """Give a batch to a sink: as encoded JSON to a sink that takes it (`as_json`, which
     `takes_json` tells), else as events."""
-    answer = cast(JsonSink, sink).send_json(bodies) if as_json else sink.send(events)
-    # Anything else from an operator's code means it took the batch whole.
+    return answered(cast(JsonSink, sink).send_json(bodies) if as_json else sink.send(events))
+
+
+def answered(answer: object) -> SendResult:
+    """A sink's answer as the delivery layer reads it: anything but `Refused` or `Partial`
+    (from an operator's code) means it took the batch whole."""
     return answer if isinstance(answer, Refused | Partial) else None
 
 
 def hand_over_records(target: Target, records: Sequence[Forward]) -> SendResult:
     """Give digested records to `target`'s sink, under its lock: a lines sink gets their
-    bodies joined as they are, a JSON sink their text, any other sink the events."""
+    bodies joined as they are, an encoded sink their bytes, a JSON sink their text, any
+    other sink the events."""
     sink = target.sink
     if target.lines:
         block = [r.body for r in records]
@@ -143,10 +190,44 @@ def hand_over_records(target: Target, records: Sequence[Forward]) -> SendResult:
         with target.lock:
             cast(LinesSink, sink).send_lines(b"\n".join(block))
         return None
+    if target.encoded:
+        encoded = [r.body for r in records]
+        with target.lock:
+            return answered(cast(EncodedSink, sink).send_encoded(encoded))
     events = [] if target.json else [r.event() for r in records]
     bodies = [r.body.decode() for r in records] if target.json else []
     with target.lock:
         return hand_over(sink, events, bodies, as_json=target.json)
+
+
+@dataclass(frozen=True, slots=True)
+class Handed:
+    """What a sink did with records handed to it directly: the first `taken` went out (but
+    the `refused` among them, by index), and `failure` stopped the rest, if anything did."""
+
+    taken: int
+    refused: frozenset[int]
+    failure: BaseException | None
+
+
+def hand_over_group(target: Target, records: Sequence[Forward]) -> Handed:
+    """Give a group's records to `target`'s sink directly: a lines sink in one block, any
+    other in batches of the sink's `batch_size` (a webhook's request size), in order, up to
+    the first that fails."""
+    size = len(records) if target.lines else target.batch_size
+    refused: set[int] = set()
+    for start in range(0, len(records), size):
+        chunk = records[start : start + size]
+        try:
+            answer = hand_over_records(target, chunk)
+        except Exception as exc:  # noqa: BLE001 - whatever it was, the worker retries it
+            return Handed(start, frozenset(refused), exc)
+        if isinstance(answer, Partial):
+            refused.update(start + index for index in answer.refused)
+            return Handed(start + answer.taken, frozenset(refused), answer.cause)
+        if answer is not None:
+            refused.update(start + index for index in answer.records)
+    return Handed(len(records), frozenset(refused), None)
 
 
 def alarm_row(alarm: alarms.Alarm) -> NewRow:

@@ -119,6 +119,7 @@ class Targets:
                 entry.linger,
                 entry.after_give_up == "hold",
                 entry.lanes,
+                entry.handover_budget(),
             )
             for sink, entry in zip(sinks, config.sinks, strict=True)
         ]

@@ -27,7 +27,7 @@ from bridge.core.digest import Digest, Forward
 from bridge.core.outbox import NewRow
 from bridge.core.pipeline import Pipeline
 from bridge.core.plan import Destination, plan
-from bridge.delivery import Target, hand_over_records
+from bridge.delivery import Target, hand_over_group
 from bridge.errors import SinkError
 from bridge.intake.connection import BrokerConnection
 from bridge.intake.message import InboundMessage
@@ -38,7 +38,6 @@ from bridge.intake.workers import (
     Slices,
     digest_message,
 )
-from bridge.sinks import Partial
 from bridge.spool import Spool, SpoolError
 from bridge.status import Status
 
@@ -294,10 +293,11 @@ class Intake:
         # in between can only repeat them); the others, and what it refuses, go to the spool.
         # Not while the sink has dead letters: what overtakes them (or is held behind them)
         # is known only to rows that pass through the outbox.
+        at = time.monotonic()
         caught_up = {
             name
             for name, t in targets.items()
-            if t.direct and not spool.has_pending(name) and not spool.has_dead(name)
+            if t.takes_directly(at) and not spool.has_pending(name) and not spool.has_dead(name)
         }
         destinations = [Destination(name, t.route) for name, t in targets.items()]
         planned = plan(digests, payloads, seen, destinations, caught_up)
@@ -353,21 +353,22 @@ class Intake:
         return [digest_message(pipeline, log, m.topic, m.payload) for m in group.batch]
 
     def _deliver_direct(self, target: Target, records: list[Forward]) -> list[NewRow]:
-        """Hand records to a caught-up local sink; return the rows of what it did not take."""
-        sink = target.sink
-        name = sink.name
+        """Hand records to a caught-up sink; return the rows of what it did not take."""
+        name = target.sink.name
+        started = time.monotonic()
+        handed = hand_over_group(target, records)
+        now = time.monotonic()
+        if target.gate.took(now - started, target.budget, now):
+            self._log.warning(
+                "sink_direct_paused",
+                sink=name,
+                seconds=round(now - started, 3),
+                budget=target.budget,
+                pause=target.gate.pause,
+            )
         # What it refused, and what it did not take, go through the outbox, whose worker
         # gives up on the first and retries the rest.
-        taken, refused, failure = 0, set[int](), None
-        try:
-            answer = hand_over_records(target, records)
-        except Exception as exc:  # noqa: BLE001 - whatever it was, the worker retries it
-            failure = exc
-        else:
-            if isinstance(answer, Partial):
-                taken, refused, failure = answer.taken, set(answer.refused), answer.cause
-            else:
-                taken, refused = len(records), set(answer.records) if answer else set()
+        failure, taken, refused = handed.failure, handed.taken, handed.refused
         if failure is not None:
             reason = (
                 str(failure)

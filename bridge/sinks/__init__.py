@@ -14,6 +14,7 @@ from pydantic import Field
 from bridge.core.routes import Route
 from bridge.errors import ConfigError
 from bridge.sinks.base import (
+    EncodedSink,
     JsonSink,
     LinesSink,
     Partial,
@@ -47,6 +48,7 @@ SinkConfig = Annotated[
 ]
 
 __all__ = [
+    "EncodedSink",
     "JsonSink",
     "LinesSink",
     "Partial",

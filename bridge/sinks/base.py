@@ -60,9 +60,10 @@ class Sink(Protocol):
 
     name: str
     direct: bool
-    """True when a hand-over is local and quick (a file, the log): while none of its rows
-    wait in the spool, the intake then gives it each batch itself, before the commit,
-    instead of going through the outbox."""
+    """True when the intake may hand the sink its events itself: while none of its rows
+    wait in the spool, the intake then gives it each group's records, before the commit,
+    instead of going through the outbox. Local sinks (a file, the log) are quick; a remote
+    one (the webhook, with `direct`) has a budget per group (`handover_budget`)."""
     concurrent: bool
     """True when `send` (and `send_json`) may be called concurrently from different threads
     (delivery lanes), each call with the events of other customers; a sink without it gets
@@ -83,6 +84,16 @@ class JsonSink(Sink, Protocol):
 
     def send_json(self, bodies: Sequence[str]) -> SendResult:
         """Hand a batch of encoded events to the downstream system."""
+
+
+@runtime_checkable
+class EncodedSink(JsonSink, Protocol):
+    """A sink that takes encoded events as the UTF-8 bytes a digest carries them in
+    (`bridge.core.digest.Forward.body`), so that a direct hand-over decodes none of them.
+    `send_encoded(bodies)` has the effect of `send_json` on their text."""
+
+    def send_encoded(self, bodies: Sequence[bytes]) -> SendResult:
+        """Hand a batch of encoded events, each its UTF-8 bytes, to the downstream system."""
 
 
 @runtime_checkable
@@ -158,6 +169,12 @@ class SinkConfigBase(BaseModel):
     """Whether the sink built from this config takes several batches at once from several
     threads (lanes above 1). A local sink (a file) and one holding a single connection or
     session do not."""
+
+    def handover_budget(self) -> float | None:
+        """Seconds a direct hand-over of one group may take before the sink is paused, for a
+        sink the intake may hand events to across a network; None for a local sink (never
+        paused) and for a sink never handed events directly."""
+        return None
 
     @model_validator(mode="after")
     def _lanes_supported(self) -> SinkConfigBase:

@@ -48,13 +48,15 @@ def payload(customer_id: str, msg_id: str | None = None, *, phone: str = "138001
 
 def make_bridge(tmp_path: Path, **spool: object) -> Bridge:
     """A bridge whose broker connection is a FakeConnection; a webhook sink (never reached:
-    its rows stay in the outbox, where the test can count them)."""
+    not posted by the intake, its rows stay in the outbox, where the test can count them)."""
     config = Config.model_validate(
         {
             "spool": {"path": str(tmp_path / "spool.db"), "synchronous": "NORMAL", **spool},
             "health": {"enabled": False},
             "validation": {"workers": 0},
-            "sinks": [{"type": "webhook", "name": "hook", "url": "http://127.0.0.1:9/x"}],
+            "sinks": [
+                {"type": "webhook", "name": "hook", "url": "http://127.0.0.1:9/x", "direct": False}
+            ],
         }
     )
     return Bridge(config, structlog.get_logger("test"), connection=FakeConnection.of)
