@@ -45,7 +45,9 @@ def _encode(value: object, holds_float: bool) -> str:
         return _standard(value)
     try:
         return _ENCODER.encode(value).decode()
-    except UnicodeEncodeError:  # a lone surrogate
+    except (UnicodeEncodeError, TypeError):
+        # A lone surrogate, or a type msgspec does not write (`OutOfRange`, a str: a number
+        # no float holds, quoted by an alarm as its text): the standard library's way.
         return _standard(value)
 
 

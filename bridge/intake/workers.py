@@ -69,7 +69,8 @@ class FailureLog(Protocol):
 def digest_message(
     pipeline: Pipeline, logger: FailureLog, topic: str | None, payload: bytes
 ) -> Digest:
-    """The digest of one message; a bug in the core is logged and becomes `failed_in_bridge`."""
+    """The digest of one message; a bug in the core (its validation or its encoding) is logged
+    and becomes `failed_in_bridge`, for that message alone."""
     if topic is None:
         return digest(Outcome("", Disposition.UNRECOGNISED), payload)
     try:
@@ -78,7 +79,7 @@ def digest_message(
             plain = plain_digest(inbound, payload, pipeline.rules)
             if plain is not None:
                 return plain
-        outcome = pipeline.process(topic, payload)
+        return digest(pipeline.process(topic, payload), payload)
     except Exception as exc:  # noqa: BLE001 - a bug in validation must not crash-loop
         # The traceback's text may quote the payload (personal data): its type and place.
         frame = exc.__traceback__
@@ -92,8 +93,7 @@ def digest_message(
             where=where,
             kept="dead letters",
         )
-        outcome = Outcome(topic, Disposition.FAILED)
-    return digest(outcome, payload)
+        return digest(Outcome(topic, Disposition.FAILED), payload)
 
 
 class _Failures:

@@ -11,7 +11,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from bridge.config import Config
-from bridge.core.pipeline import Outcome
+from bridge.core.pipeline import Disposition, Outcome
 from bridge.runtime import Bridge
 from bridge.testing import FakeConnection
 
@@ -94,5 +94,56 @@ def test_a_message_the_pipeline_fails_on_is_kept_raw_and_the_rest_go_on(
     failed = [line for line in logs if line["event"] == "pipeline_failed"]
     assert [(line["log_level"], line["error"]) for line in failed] == [("error", "KeyError")]
     assert PHONE not in json.dumps(logs, default=str)
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [line["customer"]["id"] for line in out] == ["good-1", "good-2"]
+
+
+def test_a_number_no_float_holds_in_a_rejected_record_is_alarmed_as_its_text(
+    bridge: Bridge, tmp_path: Path
+) -> None:
+    """A record with `1e400` in an integer field fails validation; its alarm quotes the record,
+    the number as its text (docs/contract.md), and the rest of the group is forwarded."""
+    bad = payload("big").replace(b'"name"', b'"age": 1e400, "name"')
+    fake = bridge.connection
+    assert isinstance(fake, FakeConnection)
+    fake.reconnect()
+
+    bridge.intake.process([fake.message(TOPIC, p) for p in (payload("a"), bad, payload("b"))])
+
+    assert fake.acked == [1, 2, 3]
+    assert bridge.stats.failed == 0
+    (row,) = bridge.spool.due("@alarms", 10)
+    (alarm,) = json.loads(row.body)["payload"]["events"].values()
+    quoted = alarm["customerList"]
+    assert [(c["id"], c["age"]) for c in quoted] == [("big", "1e400")]
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [line["customer"]["id"] for line in out] == ["a", "b"]
+
+
+def test_a_bug_in_the_digest_is_kept_raw_and_the_rest_go_on(
+    bridge: Bridge, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guard covers the digest too (the encoding of events and alarms), not only the
+    pipeline: a bug there makes that message a raw dead letter, never the group's loss."""
+    import bridge.intake.workers as workers  # noqa: PLC0415 - the module the guard is in
+
+    real = workers.digest
+
+    def buggy(outcome: Outcome, raw: bytes) -> object:
+        if b'"bad"' in raw and outcome.disposition is not Disposition.FAILED:
+            raise TypeError(PHONE)
+        return real(outcome, raw)
+
+    monkeypatch.setattr(workers, "digest", buggy)
+    fake = bridge.connection
+    assert isinstance(fake, FakeConnection)
+    fake.reconnect()
+
+    bridge.intake.process([fake.message(TOPIC, payload(c)) for c in ("good-1", "bad", "good-2")])
+
+    assert fake.acked == [1, 2, 3]
+    (letter,) = bridge.spool.dead_letters()
+    assert (letter.kind, letter.body) == ("payload", payload("bad"))
+    assert bridge.stats.failed == 1
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [line["customer"]["id"] for line in out] == ["good-1", "good-2"]
