@@ -89,8 +89,9 @@ class JsonSink(Sink, Protocol):
 @runtime_checkable
 class EncodedSink(JsonSink, Protocol):
     """A sink that takes encoded events as the UTF-8 bytes a digest carries them in
-    (`bridge.core.digest.Forward.body`), so that a direct hand-over decodes none of them.
-    `send_encoded(bodies)` has the effect of `send_json` on their text."""
+    (`bridge.core.digest.Forward.body`: the intake's own encoding, which holds no NaN or
+    infinity), so that a direct hand-over decodes none of them. `send_encoded(bodies)` has
+    the effect of `send_json` on their text."""
 
     def send_encoded(self, bodies: Sequence[bytes]) -> SendResult:
         """Hand a batch of encoded events, each its UTF-8 bytes, to the downstream system."""

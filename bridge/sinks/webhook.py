@@ -235,20 +235,20 @@ class WebhookSink:
         """The request body of events the spool holds encoded: their text joined, not re-encoded.
 
         The spool's encoding is the one `body` uses, so the bytes are the same; an event with
-        NaN or infinity (which JSON has not, and which the intake never stores) is refused
-        as `body` refuses it.
+        NaN or infinity (which JSON has not, and which the intake never stores, but a spool
+        row may hold from elsewhere) is refused as `body` refuses it.
         """
-        with encoding_batch():
-            return self.body_of_encoded([body.encode("utf-8") for body in bodies])
-
-    def body_of_encoded(self, bodies: Sequence[bytes]) -> bytes:
-        """The request body of events encoded as UTF-8 bytes (a digest's): joined as they are,
-        as `body_of_json` joins their text."""
-        joined = b'{"events":[' + b",".join(bodies) + b"]}"
-        if b"NaN" in joined or b"Infinity" in joined:
+        text = '{"events":[' + ",".join(bodies) + "]}"
+        if "NaN" in text or "Infinity" in text:
             # Most likely inside a string; only a decode can tell a constant from text.
             self.body([DownstreamEvent.from_dict(json.loads(body)) for body in bodies])
-        return joined
+        with encoding_batch():
+            return text.encode("utf-8")
+
+    def body_of_encoded(self, bodies: Sequence[bytes]) -> bytes:
+        """The request body of events the intake has just encoded (a digest's bytes): joined as
+        they are. The intake's encoder writes no NaN or infinity, so nothing is looked for."""
+        return b'{"events":[' + b",".join(bodies) + b"]}"
 
     def signature(self, body: bytes) -> str | None:
         """The body HMAC header's value for `body`, or None without a secret."""
@@ -284,7 +284,7 @@ class WebhookSink:
             self._post(self.body_of_json(bodies), len(bodies))
 
     def send_encoded(self, bodies: Sequence[bytes]) -> None:
-        """Send events encoded as UTF-8 bytes (a direct hand-over's), in one request."""
+        """Send events the intake has just encoded (a direct hand-over's), in one request."""
         if bodies:
             self._post(self.body_of_encoded(bodies), len(bodies))
 
