@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import signal
 import sqlite3
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from brokers import Mosquitto, MqttProbe
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.testing import Recorder, Request
-from bridge.testing.process import BridgeProcess, wait_until  # noqa: F401 - the scenarios wait with it
+from bridge.testing.process import BridgeProcess, wait_until
 
 TENANT = "acme"
 PROJECT = "42"
@@ -451,3 +452,66 @@ def all_out(
         return valid <= set(forwarded()) and invalid <= set(alarmed())
 
     return done
+
+
+def first_arrivals_in_order(messages: list[Message], received: list[dict[str, Any]]) -> int:
+    """Each customer's events, repeats left out, arrive exactly in sequence; a repeat is of an
+    event already there. Returns how many customers were checked."""
+    expected: dict[str, list[int]] = defaultdict(list)
+    for message in messages:
+        if message.valid:
+            expected[message.customer_id].append(message.seq)
+    arrived: dict[str, list[int]] = defaultdict(list)
+    for event in received:
+        customer, seq = event["customer"]["id"], int(event["customer"]["remark"])
+        if seq not in arrived[customer]:
+            arrived[customer].append(seq)
+    assert arrived == expected
+    return len(expected)
+
+
+def kill_while_delivering(
+    mosquitto: Mosquitto,
+    bridges: Bridges,
+    alarms: AlarmProbe,
+    hook: HookServer,
+    config: dict[str, Any],
+    messages: list[Message],
+    *,
+    name: str,
+    kills: int,
+    rng: random.Random,
+    jitter: float,
+) -> list[int]:
+    """Publish `messages` to a bridge delivering to `hook`, and kill it with SIGKILL `kills`
+    times at seeded points spread over the stream (up to `jitter` seconds after the receiver
+    reached each), restarting it on its persistent session each time. Then wait until every
+    valid message is at the receiver and every invalid one alarmed, and stop it with SIGTERM.
+    Returns how many events the receiver held at each kill."""
+    valid = sum(m.valid for m in messages)
+    bridge = bridges(config, name).start().wait_ready()
+    publisher = Publisher(mosquitto, messages).start()
+    cuts: list[int] = []
+    try:
+        for kill in range(kills):
+            low, high = (kill + 0.2) / (kills + 1), (kill + 0.8) / (kills + 1)
+            target = rng.randint(int(low * valid), int(high * valid))
+            wait_until(
+                lambda t=target: len(hook.received()) >= t, DRAIN, f"{target} events", bridge
+            )
+            time.sleep(rng.uniform(0, jitter))
+            assert bridge.kill() == -signal.SIGKILL
+            cuts.append(len(hook.received()))
+            bridge = bridges(config, name).start()
+            assert bridge.wait_event("connected")["session_present"] is True
+        publisher.wait()
+        wait_until(
+            all_out(messages, lambda: [e["msgId"] for e in hook.received()], alarms.source_ids),
+            DRAIN,
+            "every valid message at the receiver and every invalid one alarmed",
+            bridge,
+        )
+        assert bridge.terminate() == 0
+    finally:
+        publisher.close()
+    return cuts

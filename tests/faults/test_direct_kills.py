@@ -11,28 +11,23 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from brokers import Mosquitto
 from faultkit import (
-    DRAIN,
     AlarmProbe,
     Bridges,
     HookServer,
-    Publisher,
-    all_out,
     bridge_config,
+    first_arrivals_in_order,
+    kill_while_delivering,
     outbox_rows,
     report,
     tally,
     traffic,
-    wait_until,
 )
-from test_lane_kills import first_arrivals_in_order
 
 SEED = int(os.environ.get("FAULT_SEED", random.randrange(1 << 30)))
 GROUP = 40
@@ -58,7 +53,6 @@ def test_kill_9_during_direct_posts_loses_nothing_and_keeps_each_customer_in_ord
     order, and repeats stay within the groups the kills caught."""
     rng = random.Random(SEED)
     messages = traffic(2000, "dk", seed=SEED, customers=40)
-    valid = sum(m.valid for m in messages)
     sink = {
         "type": "webhook",
         "name": "crm",
@@ -72,34 +66,13 @@ def test_kill_9_during_direct_posts_loses_nothing_and_keeps_each_customer_in_ord
         mosquitto, [sink], spool, client_id="fault-direct", spool_options={"intake_batch": GROUP}
     )
     hook.start(200)
-    bridge = bridges(cfg, "direct-").start().wait_ready()
-    publisher = Publisher(mosquitto, messages).start()
-    cuts: list[int] = []
-    posted_directly = 0
-    try:
-        for kill in range(KILLS):
-            low, high = (kill + 0.2) / (KILLS + 1), (kill + 0.8) / (KILLS + 1)
-            target = rng.randint(int(low * valid), int(high * valid))
-            wait_until(
-                lambda t=target: len(hook.received()) >= t, DRAIN, f"{target} events", bridge
-            )
-            time.sleep(rng.uniform(0, 0.02))
-            posted_directly += len(bridge.events("delivered", sink="crm", direct=True))
-            assert bridge.kill() == -signal.SIGKILL
-            cuts.append(len(hook.received()))
-            bridge = bridges(cfg, "direct-").start()
-            assert bridge.wait_event("connected")["session_present"] is True
-        publisher.wait()
-        wait_until(
-            all_out(messages, lambda: [e["msgId"] for e in hook.received()], alarms.source_ids),
-            DRAIN,
-            "every valid message at the receiver and every invalid one alarmed",
-            bridge,
-        )
-        posted_directly += len(bridge.events("delivered", sink="crm", direct=True))
-        assert bridge.terminate() == 0
-    finally:
-        publisher.close()
+    cuts = kill_while_delivering(
+        mosquitto, bridges, alarms, hook, cfg, messages, name="direct-", kills=KILLS, rng=rng,
+        jitter=0.02,
+    )  # fmt: skip
+    posted_directly = sum(
+        len(made.events("delivered", sink="crm", direct=True)) for made in bridges.made
+    )
 
     received = hook.received()
     figures = tally(

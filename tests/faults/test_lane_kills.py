@@ -10,29 +10,22 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import time
-from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from brokers import Mosquitto
 from faultkit import (
-    DRAIN,
     AlarmProbe,
     Bridges,
     HookServer,
-    Message,
-    Publisher,
-    all_out,
     bridge_config,
+    first_arrivals_in_order,
+    kill_while_delivering,
     outbox_rows,
     report,
     tally,
     traffic,
-    wait_until,
 )
 
 SEED = int(os.environ.get("FAULT_SEED", random.randrange(1 << 30)))
@@ -50,22 +43,6 @@ def hook() -> Iterator[HookServer]:
     server.stop()
 
 
-def first_arrivals_in_order(messages: list[Message], received: list[dict[str, Any]]) -> int:
-    """Each customer's events, repeats left out, arrive exactly in sequence; a repeat is of an
-    event already there. Returns how many customers were checked."""
-    expected: dict[str, list[int]] = defaultdict(list)
-    for message in messages:
-        if message.valid:
-            expected[message.customer_id].append(message.seq)
-    arrived: dict[str, list[int]] = defaultdict(list)
-    for event in received:
-        customer, seq = event["customer"]["id"], int(event["customer"]["remark"])
-        if seq not in arrived[customer]:
-            arrived[customer].append(seq)
-    assert arrived == expected
-    return len(expected)
-
-
 def test_kill_9_during_lane_delivery_loses_nothing_and_keeps_each_customer_in_order(
     mosquitto: Mosquitto, bridges: Bridges, alarms: AlarmProbe, hook: HookServer, tmp_path: Path
 ) -> None:
@@ -75,7 +52,6 @@ def test_kill_9_during_lane_delivery_loses_nothing_and_keeps_each_customer_in_or
     customer's events arrive in order, and repeats stay within what was in flight."""
     rng = random.Random(SEED)
     messages = traffic(2000, "ln", seed=SEED, customers=40)
-    valid = sum(m.valid for m in messages)
     sink = {
         "type": "webhook",
         "name": "crm",
@@ -87,31 +63,10 @@ def test_kill_9_during_lane_delivery_loses_nothing_and_keeps_each_customer_in_or
     spool = tmp_path / "state" / "spool.db"
     cfg = bridge_config(mosquitto, [sink], spool, client_id="fault-lanes")
     hook.start(200)
-    bridge = bridges(cfg, "lanes-").start().wait_ready()
-    publisher = Publisher(mosquitto, messages).start()
-    cuts: list[int] = []
-    try:
-        for kill in range(KILLS):
-            low, high = (kill + 0.2) / (KILLS + 1), (kill + 0.8) / (KILLS + 1)
-            target = rng.randint(int(low * valid), int(high * valid))
-            wait_until(
-                lambda t=target: len(hook.received()) >= t, DRAIN, f"{target} events", bridge
-            )
-            time.sleep(rng.uniform(0, 0.05))
-            assert bridge.kill() == -signal.SIGKILL
-            cuts.append(len(hook.received()))
-            bridge = bridges(cfg, "lanes-").start()
-            assert bridge.wait_event("connected")["session_present"] is True
-        publisher.wait()
-        wait_until(
-            all_out(messages, lambda: [e["msgId"] for e in hook.received()], alarms.source_ids),
-            DRAIN,
-            "every valid message at the receiver and every invalid one alarmed",
-            bridge,
-        )
-        assert bridge.terminate() == 0
-    finally:
-        publisher.close()
+    cuts = kill_while_delivering(
+        mosquitto, bridges, alarms, hook, cfg, messages, name="lanes-", kills=KILLS, rng=rng,
+        jitter=0.05,
+    )  # fmt: skip
 
     received = hook.received()
     figures = tally(
