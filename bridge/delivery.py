@@ -210,10 +210,14 @@ class Handed:
     failure: BaseException | None
 
 
-def hand_over_group(target: Target, records: Sequence[Forward]) -> Handed:
+def hand_over_group(
+    target: Target, records: Sequence[Forward], deadline: float | None = None
+) -> Handed:
     """Give a group's records to `target`'s sink directly: a lines sink in one block, any
     other in batches of the sink's `batch_size` (a webhook's request size), in order, up to
-    the first that fails."""
+    the first that fails, or the first that ends past `deadline` (monotonic seconds): what
+    is left then goes through the outbox, so that a slow receiver holds the intake for
+    one request past its budget at most."""
     size = len(records) if target.lines else target.batch_size
     refused: set[int] = set()
     for start in range(0, len(records), size):
@@ -227,6 +231,8 @@ def hand_over_group(target: Target, records: Sequence[Forward]) -> Handed:
             return Handed(start + answer.taken, frozenset(refused), answer.cause)
         if answer is not None:
             refused.update(start + index for index in answer.records)
+        if deadline is not None and time.monotonic() > deadline:
+            return Handed(start + len(chunk), frozenset(refused), None)
     return Handed(len(records), frozenset(refused), None)
 
 

@@ -356,15 +356,17 @@ class Intake:
         """Hand records to a caught-up sink; return the rows of what it did not take."""
         name = target.sink.name
         started = time.monotonic()
-        handed = hand_over_group(target, records)
+        budget = target.budget
+        handed = hand_over_group(target, records, None if budget is None else started + budget)
         now = time.monotonic()
-        if target.gate.took(now - started, target.budget, now):
+        if target.gate.took(now - started, budget, now):
             self._log.warning(
                 "sink_direct_paused",
                 sink=name,
                 seconds=round(now - started, 3),
-                budget=target.budget,
+                budget=budget,
                 pause=target.gate.pause,
+                left=len(records) - handed.taken,
             )
         # What it refused, and what it did not take, go through the outbox, whose worker
         # gives up on the first and retries the rest.

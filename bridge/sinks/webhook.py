@@ -107,8 +107,9 @@ class WebhookConfig(SinkConfigBase):
     """With one lane, while nothing of this sink waits in the spool, the intake posts each
     group's events itself before the group's commit, sparing the outbox rows."""
     direct_budget: float = Field(default=0.25, gt=0, le=60)
-    """Seconds a group's direct requests may take in all; a slower group sends the sink's
-    events through the outbox for a while (`bridge.delivery.Gate`)."""
+    """Seconds a group's direct requests may take: the request that ends past it is the
+    group's last, and the sink's events go through the outbox for a while
+    (`bridge.delivery.Gate`)."""
 
     @field_validator("url")
     @classmethod

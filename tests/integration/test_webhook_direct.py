@@ -173,6 +173,28 @@ def test_a_refusal_is_settled_by_the_worker(
     ]
 
 
+def test_a_slow_group_stops_at_its_budget_and_the_rest_is_stored(
+    receiver: Recorder, tmp_path: Path, closing: list[Bridge]
+) -> None:
+    """The budget bounds the wait inside a group too: once a request ends past it, the
+    group's later events are stored as rows (in order, behind nothing), not posted, so a
+    slow receiver holds the intake for one request past the budget at most."""
+    bridge = make_bridge(tmp_path, receiver.url, batch_size=1, direct_budget=0.05)
+    closing.append(bridge)
+    receiver.delay = 0.2
+
+    group(bridge, ("m1", ["a", "b", "c"]))
+
+    assert ids_received(receiver) == [["a"]]
+    assert bridge.spool.targets() == {"hook": 2}
+    assert fake(bridge).acked == [1]
+    receiver.delay = 0.0
+    worker = next(w for w in bridge.targets.workers if w.name == "hook")
+    while worker.step():
+        pass
+    assert ids_received(receiver) == [["a"], ["b"], ["c"]]
+
+
 def test_a_slow_webhook_is_paused_and_goes_through_the_outbox(
     receiver: Recorder, tmp_path: Path, closing: list[Bridge]
 ) -> None:
