@@ -27,8 +27,7 @@ from bridge.core.digest import Digest, Forward
 from bridge.core.outbox import NewRow
 from bridge.core.pipeline import Pipeline
 from bridge.core.plan import Destination, plan
-from bridge.delivery import Target, hand_over_group
-from bridge.errors import SinkError
+from bridge.delivery import Failure, Target, hand_over_group
 from bridge.intake.connection import BrokerConnection
 from bridge.intake.message import InboundMessage
 from bridge.intake.workers import (
@@ -372,13 +371,12 @@ class Intake:
         # gives up on the first and retries the rest.
         failure, taken, refused = handed.failure, handed.taken, handed.refused
         if failure is not None:
-            reason = (
-                str(failure)
-                if isinstance(failure, SinkError)
-                else f"{type(failure).__name__} in sink"
-            )
             self._log.warning(
-                "sink_failed", sink=name, reason=reason, records=len(records) - taken, direct=True
+                "sink_failed",
+                sink=name,
+                reason=Failure.of(failure).reason,
+                records=len(records) - taken,
+                direct=True,
             )
         if taken - len(refused) > 0:
             self._taken_directly(name, taken - len(refused))
