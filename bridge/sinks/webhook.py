@@ -91,7 +91,7 @@ class WebhookConfig(SinkConfigBase):
     # The URL, headers and secrets may hold credentials: keep them out of errors.
     model_config = ConfigDict(hide_input_in_errors=True)
 
-    # One kept-alive connection per lane from httpx's pool; a send holds no state of its own.
+    # One kept-alive connection per lane from the endpoint's pool; a send holds no state of its own.
     concurrent: ClassVar[bool] = True
 
     type: Literal["webhook"]
