@@ -165,7 +165,13 @@ class Connections:
         self._port = parts.port or (443 if self._https else 80)
         self._timeout = timeout
         self._expiry = expiry
-        self._user_agent = user_agent
+        # An answer is short and never decompressed here: `identity`, where httpx offered gzip.
+        self._defaults = {
+            "accept": ("Accept", "*/*"),
+            "accept-encoding": ("Accept-Encoding", "identity"),
+            "connection": ("Connection", "keep-alive"),
+            "user-agent": ("User-Agent", user_agent),
+        }
         self._tls = tls_context(verify_tls) if self._https else None
         self._free = threading.BoundedSemaphore(limit)
         self._lock = threading.Lock()
@@ -213,16 +219,16 @@ class Connections:
         phase = "write"
         answered = False
         try:
-            # Host and `Accept-Encoding: identity` come from http.client: an answer is short,
-            # and none is decompressed.
-            connection.putrequest(method, target)
-            connection.putheader("Accept", "*/*")
-            connection.putheader("Connection", "keep-alive")
-            connection.putheader("User-Agent", self._user_agent)
+            # Host comes from http.client; a header of the caller's replaces a default of the
+            # same name, as httpx's merging did.
+            connection.putrequest(method, target, skip_accept_encoding=True)
+            sent = dict(self._defaults)
             for name, value in headers.items():
-                connection.putheader(name, value)
+                sent[name.lower()] = (name, value)
             if body is not None or method in ("POST", "PUT", "PATCH"):
-                connection.putheader("Content-Length", str(len(body or b"")))
+                sent.setdefault("content-length", ("Content-Length", str(len(body or b""))))
+            for name, value in sent.values():
+                connection.putheader(name, value)
             connection.endheaders(body)
             phase = "read"
             answer = connection.getresponse()

@@ -31,6 +31,8 @@ class Seen:
     line: str
     headers: dict[str, str]
     body: bytes
+    names: list[str]
+    """Every header name as it came, in order (a repeated one shows twice)."""
 
 
 @dataclass
@@ -75,11 +77,13 @@ class Server:
                 if not line:
                     return
                 headers: dict[str, str] = {}
+                names: list[str] = []
                 while (header := reader.readline()) not in (b"\r\n", b""):
                     name, _, value = header.decode("latin-1").partition(":")
                     headers[name.strip().lower()] = value.strip()
+                    names.append(name.strip().lower())
                 body = reader.read(int(headers.get("content-length", "0")))
-                seen = Seen(number, line.decode("latin-1").strip(), headers, body)
+                seen = Seen(number, line.decode("latin-1").strip(), headers, body, names)
                 self.seen.append(seen)
                 reply = self.answer(seen)
                 if reply is None:
@@ -137,6 +141,38 @@ def test_requests_share_one_kept_alive_connection(server: Server) -> None:
     assert first.headers["x-tenant"] == "acme"
     assert first.headers["user-agent"].startswith("customer-bridge/")
     assert first.headers["accept-encoding"] == "identity"
+    assert sorted(first.names) == sorted(
+        [
+            "host",
+            "accept",
+            "accept-encoding",
+            "connection",
+            "user-agent",
+            "x-tenant",
+            "content-length",
+        ]
+    )
+
+
+def test_a_header_of_the_sink_replaces_the_default_of_its_name(server: Server) -> None:
+    """A configured User-Agent or Accept goes out instead of the default, once."""
+    http = Endpoint(
+        "webhook",
+        server.url,
+        headers={"user-agent": "crm-gateway/2", "Accept": "application/json"},
+        timeout=2.0,
+        verify_tls=True,
+    )
+    try:
+        assert post(http, server.url) == 204
+    finally:
+        http.close()
+    [seen] = server.seen
+    assert seen.names.count("user-agent") == 1 and seen.names.count("accept") == 1
+    assert (seen.headers["user-agent"], seen.headers["accept"]) == (
+        "crm-gateway/2",
+        "application/json",
+    )
 
 
 def test_an_idle_connection_the_server_closed_is_not_used(server: Server) -> None:
