@@ -37,6 +37,7 @@ import time
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import urlsplit
 from urllib.request import getproxies_environment
 
@@ -103,6 +104,14 @@ def _failure(phase: str, exc: BaseException) -> TransportError:
         ("read", True): ReadTimeout,
     }[phase, timeout]
     return kind(type(exc).__name__)
+
+
+class _Request(NamedTuple):
+    method: str
+    target: str
+    body: bytes | None
+    headers: Mapping[str, str]
+    read_limit: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,28 +203,22 @@ class Connections:
         """
         if not self._free.acquire(timeout=self._timeout):
             raise PoolTimeout(f"no free connection within {self._timeout} s")
-        what = (method, target, body, headers, read_limit)
+        request = _Request(method, target, body, headers, read_limit)
         try:
             connection = self._checkout()
             if connection is not None:
                 try:
-                    return self._exchange(connection, True, *what)
+                    return self._exchange(connection, True, request)
                 except _Stale:
                     pass  # the server closed it as the request went out: once more, anew
-            return self._exchange(self._connect(), False, *what)
+            return self._exchange(self._connect(), False, request)
         finally:
             self._free.release()
 
     def _exchange(
-        self,
-        connection: http.client.HTTPConnection,
-        reused: bool,
-        method: str,
-        target: str,
-        body: bytes | None,
-        headers: Mapping[str, str],
-        read_limit: int | None,
+        self, connection: http.client.HTTPConnection, reused: bool, request: _Request
     ) -> Response:
+        method, target, body, headers, read_limit = request
         phase = "write"
         answered = False
         try:
