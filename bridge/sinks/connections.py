@@ -88,8 +88,6 @@ class PoolTimeout(TransportError):
 
 def _failure(phase: str, exc: BaseException) -> TransportError:
     """`exc`, raised in `phase` (connect, write, read), as the TransportError that names it."""
-    if isinstance(exc, TransportError):
-        return exc
     if isinstance(exc, http.client.HTTPException) and not isinstance(exc, OSError):
         return RemoteProtocolError(type(exc).__name__)
     if isinstance(exc, http.client.RemoteDisconnected):
@@ -165,7 +163,7 @@ class Connections:
         verify_tls: bool,
         limit: int,
         expiry: float,
-        user_agent: str,
+        headers: Mapping[str, str],
     ) -> None:
         parts = urlsplit(url)
         self._https = parts.scheme == "https"
@@ -175,12 +173,16 @@ class Connections:
         self._timeout = timeout
         self._expiry = expiry
         # An answer is short and never decompressed here: `identity`, where httpx offered gzip.
-        self._defaults = {
-            "accept": ("Accept", "*/*"),
-            "accept-encoding": ("Accept-Encoding", "identity"),
-            "connection": ("Connection", "keep-alive"),
-            "user-agent": ("User-Agent", user_agent),
-        }
+        # `headers` (the sink's) then each request's replace a default of the same name, in
+        # any case, as httpx's merging did.
+        self._defaults = _merged(
+            {
+                "accept": ("Accept", "*/*"),
+                "accept-encoding": ("Accept-Encoding", "identity"),
+                "connection": ("Connection", "keep-alive"),
+            },
+            headers,
+        )
         self._tls = tls_context(verify_tls) if self._https else None
         self._free = threading.BoundedSemaphore(limit)
         self._lock = threading.Lock()
@@ -222,12 +224,9 @@ class Connections:
         phase = "write"
         answered = False
         try:
-            # Host comes from http.client; a header of the caller's replaces a default of the
-            # same name, as httpx's merging did.
+            # Host comes from http.client.
             connection.putrequest(method, target, skip_accept_encoding=True)
-            sent = dict(self._defaults)
-            for name, value in headers.items():
-                sent[name.lower()] = (name, value)
+            sent = _merged(self._defaults, headers)
             if body is not None or method in ("POST", "PUT", "PATCH"):
                 sent.setdefault("content-length", ("Content-Length", str(len(body or b""))))
             for name, value in sent.values():
@@ -299,6 +298,16 @@ class Connections:
             idle, self._idle = self._idle, []
         for _since, connection in idle:
             connection.close()
+
+
+def _merged(
+    defaults: Mapping[str, tuple[str, str]], headers: Mapping[str, str]
+) -> dict[str, tuple[str, str]]:
+    """`defaults` (by lower-case name) with `headers` put over them, names in any case."""
+    merged = dict(defaults)
+    for name, value in headers.items():
+        merged[name.lower()] = (name, value)
+    return merged
 
 
 def _readable(connection: http.client.HTTPConnection) -> bool:

@@ -14,7 +14,6 @@ start-up imports.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import ipaddress
 import json
 import re
@@ -29,7 +28,7 @@ from bridge import __version__
 from bridge.errors import SinkError
 from bridge.secrets import Secret
 from bridge.sinks.base import retry_after_of
-from bridge.sinks.connections import Connections, proxied
+from bridge.sinks.connections import Connections, TransportError, proxied
 
 if TYPE_CHECKING:
     import httpx
@@ -212,7 +211,6 @@ class Endpoint:
         self.where = f"{kind} {self.host}"
         """How errors and logs name the server: the sink kind and the host."""
         self._secrets = tuple(secrets)
-        self._headers = dict(headers)
         self._connections: Connections | None = None
         self._client: httpx.Client | None = None
         if not proxied(url):
@@ -222,7 +220,7 @@ class Endpoint:
                 verify_tls=verify_tls,
                 limit=POOL_CONNECTIONS,
                 expiry=KEEPALIVE_EXPIRY,
-                user_agent=USER_AGENT,
+                headers={"User-Agent": USER_AGENT, **headers},
             )
             return
         import httpx  # noqa: PLC0415 - only behind a proxy (module docstring)
@@ -271,7 +269,7 @@ class Endpoint:
         )
         if query:
             target = f"{target}?{query}"
-        sent = {**self._headers, **(headers or {})}
+        sent = dict(headers or {})
         if data is not None:
             content = urlencode(data).encode("ascii")
             sent.setdefault("Content-Type", "application/x-www-form-urlencoded")
@@ -279,7 +277,7 @@ class Endpoint:
             response = self._connections.request(
                 method, target, body=content, headers=sent, read_limit=None if read else _MAX_DRAIN
             )
-        except (OSError, http.client.HTTPException) as exc:
+        except TransportError as exc:
             # The exception's text may quote the URL, whose query may hold a credential.
             raise SinkError(f"{where or self.where} failed: {type(exc).__name__}") from None
         retry_after = retry_after_of(response.headers)

@@ -220,7 +220,7 @@ def test_a_silent_server_is_a_read_timeout(server: Server) -> None:
 
     server.answer = never
     connections = Connections(
-        server.url, timeout=0.3, verify_tls=True, limit=2, expiry=5, user_agent="t"
+        server.url, timeout=0.3, verify_tls=True, limit=2, expiry=5, headers={"User-Agent": "t"}
     )
     started = time.monotonic()
     try:
@@ -299,7 +299,7 @@ def test_a_busy_pool_makes_the_caller_wait_then_gives_up(server: Server) -> None
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n"
     server.answer = lambda seen: [head, *[b"x"] * 8] if seen.body == b"slow" else NO_CONTENT
     connections = Connections(
-        server.url, timeout=0.5, verify_tls=True, limit=1, expiry=5, user_agent="t"
+        server.url, timeout=0.5, verify_tls=True, limit=1, expiry=5, headers={"User-Agent": "t"}
     )
     answers: list[int] = []
 
