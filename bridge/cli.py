@@ -20,6 +20,7 @@ from bridge.core.pipeline import Disposition, Pipeline
 from bridge.core.topics import Selection
 from bridge.core.validate import Mode, Rules
 from bridge.errors import BridgeError, BrokerError, ConfigError, UnavailableError
+from bridge.intake.workers import start_workers
 from bridge.memory import fix_mmap_threshold
 from bridge.sinks import SinkContext, build_sinks
 from bridge.spool import DeadLetter, Spool, SpoolError
@@ -249,17 +250,26 @@ def _silence_stdout() -> None:
 
 
 def _run(path: Path) -> int:
-    from bridge.runtime import Bridge  # noqa: PLC0415 - keeps `validate` free of paho
-
     fix_mmap_threshold()  # before the spool, the workers and the first messages
     cfg = config.load(path)
     level = os.environ.get("BRIDGE_LOG_LEVEL", cfg.logging.level).lower()
     if level not in logs.LEVELS:
         raise ConfigError("BRIDGE_LOG_LEVEL", f"one of {sorted(logs.LEVELS)}")
     logs.configure(level, cfg.logging.format, redact_personal=cfg.logging.redact)
+    # The workers load the core (about 70 ms) while this process imports the runtime and
+    # opens the spool, instead of the start waiting for them afterwards.
+    pool = start_workers(cfg)
+    try:
+        from bridge.runtime import Bridge  # noqa: PLC0415 - keeps `validate` free of paho
+
+        bridge = Bridge(cfg, logs.get_logger(), pool=pool)
+    except BaseException:
+        if pool is not None:
+            pool.close()
+        raise
     # systemd's watchdog kills with SIGABRT: every thread's stack then lands in the journal.
     faulthandler.enable()
-    return Bridge(cfg, logs.get_logger()).run(path)
+    return bridge.run(path)
 
 
 def _no_publish(_topic: str, _payload: bytes, _qos: int, _retain: bool) -> None:

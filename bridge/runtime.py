@@ -27,7 +27,7 @@ from bridge.health import HealthServer
 from bridge.intake import connection as intake_connection
 from bridge.intake.connection import BrokerConnection
 from bridge.intake.unit import Intake
-from bridge.intake.workers import DigestPool, default_processes
+from bridge.intake.workers import DigestPool, start_workers
 from bridge.metrics import Metrics
 from bridge.mqtt import Publisher
 from bridge.sdnotify import Notifier, Watchdog
@@ -49,6 +49,8 @@ class Bridge:
 
     `connection` replaces the real broker connection (tests pass a
     `bridge.testing.FakeConnection`); the publisher still needs a broker for alarms.
+    `pool` is the config's workers when already started (`start_workers`: the command line
+    starts them before it imports this module, so that they load the core meanwhile).
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class Bridge:
         logger: structlog.typing.FilteringBoundLogger | None = None,
         *,
         connection: Callable[[Intake], BrokerConnection] | None = None,
+        pool: DigestPool | None = None,
     ) -> None:
         self.config = config
         self.log = logger or structlog.get_logger("bridge")
@@ -102,10 +105,7 @@ class Bridge:
             watchdog=self.watchdog,
             logger=self.log,
         )
-        processes = config.validation.workers
-        if processes == "auto":
-            processes = default_processes()
-        self.pool = DigestPool(processes, config) if processes else None
+        self.pool = pool if pool is not None else start_workers(config)
         self.intake = Intake(
             self.spool,
             self.pipeline,

@@ -154,6 +154,15 @@ def default_processes() -> int:
     return cores - 1 if cores and cores > 1 else 0
 
 
+def start_workers(config: Config) -> DigestPool | None:
+    """The worker processes `validation.workers` asks for (`auto`: `default_processes`),
+    started; None for none."""
+    processes = config.validation.workers
+    if processes == "auto":
+        processes = default_processes()
+    return DigestPool(processes, config) if processes else None
+
+
 class LocalShare:
     """The part of each group the intake digests itself while the workers digest the rest.
 
@@ -361,4 +370,5 @@ __all__ = [
     "default_processes",
     "digest_message",
     "serve",
+    "start_workers",
 ]
