@@ -217,10 +217,20 @@ class Intake:
             self._ready.wait(remaining)
 
     def _work(self) -> None:
-        # Two groups in flight at most: while this thread plans, stores and acks group n, the
-        # workers digest group n+1 (taken once n's digests are back, so that it holds what
-        # arrived meanwhile). Groups are finished, and so acknowledged, in the order taken.
+        # Two groups in flight at most: while this thread digests its share of group n, then
+        # plans, stores and acks it, the workers digest their part of n and then of n+1. Group
+        # n+1 is taken and handed over as soon as this thread's share of n is done, before n's
+        # digests are collected, so that it waits in the worker's pipe and the worker goes from
+        # one slice to the next without waiting for this thread (docs/performance.md). Groups
+        # are finished, and so acknowledged, in the order taken.
         pending: _Group | None = None
+        following: list[_Group] = []
+
+        def hand_over_next() -> None:
+            batch = self._take(wait=False)
+            if batch:
+                following.append(self._submit(batch))
+
         while True:
             self._beat()
             if pending is None:
@@ -232,10 +242,12 @@ class Intake:
                 pending = self._submit(batch)
             group, pending = pending, None
             try:
-                digests = self._digests(group)
-                following = self._take(wait=False) if self._pool is not None else []
-                if following:
-                    pending = self._submit(following)
+                try:
+                    digests = self._digests(group, hand_over_next)
+                finally:
+                    # Taken from the queue: it must be finished even if this group is not.
+                    if following:
+                        pending = following.pop()
                 self._wait_for_room()
                 with self._lock:
                     self._finish(group.batch, digests)
@@ -265,7 +277,7 @@ class Intake:
 
     def process(self, batch: Sequence[InboundMessage]) -> None:
         """Validate a group, store it in one transaction, then acknowledge it in order."""
-        self._finish(batch, self._digests(self._submit(batch)))
+        self._finish(batch, self._digests(self._submit(batch), lambda: None))
 
     def _finish(self, batch: Sequence[InboundMessage], digested: Sequence[Digest]) -> None:
         """Store a digested group in one transaction, then acknowledge it in order."""
@@ -330,7 +342,9 @@ class Intake:
             return _Group(batch, pool.submit(items), sent)
         return _Group(batch, None)
 
-    def _digests(self, group: _Group) -> list[Digest]:
+    def _digests(self, group: _Group, hand_over_next: Callable[[], None]) -> list[Digest]:
+        """The group's digests, in order. With workers, `hand_over_next` is called once this
+        thread's share is done and before the workers' part is collected."""
         pool, slices = self._pool, group.slices
         pipeline, log = self._pipeline, self._log
         if pool is not None and slices is not None:
@@ -339,6 +353,7 @@ class Intake:
                 digest_message(pipeline, log, m.topic, m.payload) for m in group.batch[group.sent :]
             ]
             self.share.update(workers_done=pool.ready(slices))
+            hand_over_next()
             try:
                 return pool.collect(slices, self._log) + here
             except BrokenProcessPool:
@@ -349,6 +364,8 @@ class Intake:
                 pool.restart(slices)
             theirs = group.batch[: group.sent]
             return [digest_message(pipeline, log, m.topic, m.payload) for m in theirs] + here
+        if pool is not None:
+            hand_over_next()  # a small group, digested here: the next may be large
         return [digest_message(pipeline, log, m.topic, m.payload) for m in group.batch]
 
     def _deliver_direct(self, target: Target, records: list[Forward]) -> list[NewRow]:

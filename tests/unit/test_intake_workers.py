@@ -283,6 +283,29 @@ def test_workers_digest_the_next_group_while_the_intake_commits(tmp_path: Path) 
     assert all(a < c for a, c in zip(acks, commits[1:], strict=False))  # and before the next
 
 
+def test_the_next_group_waits_in_the_workers_pipe_before_the_one_before_is_collected(
+    tmp_path: Path,
+) -> None:
+    """Once the intake's share of a group is digested, the next group is handed to the workers
+    before the first one's digests are read back, so that a worker goes from one slice to the
+    next without waiting for the intake; the order of commits and acks does not change."""
+    bridge = worker_bridge(tmp_path)
+    trace = Trace(bridge)
+    pool = bridge.pool
+    assert pool is not None
+    collect = pool.collect
+
+    def traced_collect(slices: Slices, logger: Any = None) -> list[Digest]:
+        found = collect(slices, logger)
+        trace.steps.append(("collect", len(found)))
+        return found
+
+    pool.collect = traced_collect  # type: ignore[method-assign]
+    drained_in_order(bridge, items(600), tmp_path, read=600)
+    steps = [step for step, _ in trace.steps]
+    assert steps[:4] == ["submit", "submit", "collect", "commit"]
+
+
 def test_the_intake_digests_its_share_of_each_group_beside_the_workers(tmp_path: Path) -> None:
     """Of each group the workers get the first part and the intake digests the rest itself;
     everything is written once, in receive order, and the share moves with what the intake
@@ -338,13 +361,15 @@ def test_a_reconnect_while_the_workers_digest_acks_nothing_of_those_groups(
     assert isinstance(connection, FakeConnection)
     trace = Trace(bridge, after_second_submit=connection.reconnect)
     assert bridge.pool is not None
-    collect, delivered = bridge.pool.collect, threading.Event()
+    ready, delivered = bridge.pool.ready, threading.Event()
 
-    def held_collect(slices: Slices, logger: Any = None) -> list[Digest]:
-        delivered.wait(10)  # the second read is queued before the first group's digests return
-        return collect(slices, logger)
+    def held_ready(slices: Slices) -> bool:
+        # The intake looks whether the workers have answered once its share of a group is done,
+        # then hands the next group over: the second read is queued by then.
+        delivered.wait(10)
+        return ready(slices)
 
-    bridge.pool.collect = held_collect  # type: ignore[method-assign]
+    bridge.pool.ready = held_ready  # type: ignore[method-assign]
     batch = items(200)
     try:
         bridge.intake.start(connection)
