@@ -33,6 +33,7 @@ from bridge.intake.message import InboundMessage
 from bridge.intake.workers import (
     BrokenProcessPool,
     DigestPool,
+    Item,
     LocalShare,
     Slices,
     digest_message,
@@ -53,11 +54,13 @@ connection stops reading the socket (the broker keeps the rest)."""
 
 class _Group(NamedTuple):
     """A group taken from the queue, and its digests under way in the workers (if sent):
-    the first `sent` messages go to the workers, the rest the intake digests itself."""
+    the first `sent` messages go to the workers, the rest the intake digests itself.
+    `deferred` holds the workers' items while they wait to be handed over."""
 
     batch: Sequence[InboundMessage]
     slices: Slices | None
     sent: int = 0
+    deferred: Sequence[Item] | None = None
 
 
 class Intake:
@@ -229,7 +232,7 @@ class Intake:
         def hand_over_next() -> None:
             batch = self._take(wait=False)
             if batch:
-                following.append(self._submit(batch))
+                following.append(self._submit(batch, ahead=True))
 
         while True:
             self._beat()
@@ -245,9 +248,12 @@ class Intake:
                 try:
                     digests = self._digests(group, hand_over_next)
                 finally:
-                    # Taken from the queue: it must be finished even if this group is not.
+                    # Taken from the queue: it must be finished even if this group is not (a
+                    # slice still held is then digested here, the workers' answers unread).
                     if following:
                         pending = following.pop()
+                if pending is not None:
+                    pending = self._hand_over_deferred(pending)
                 self._wait_for_room()
                 with self._lock:
                     self._finish(group.batch, digests)
@@ -332,15 +338,25 @@ class Intake:
             elapsed=[(now - m.received_ns) / 1e9 for m in current],
         )
 
-    def _submit(self, batch: Sequence[InboundMessage]) -> _Group:
+    def _submit(self, batch: Sequence[InboundMessage], *, ahead: bool = False) -> _Group:
         """Start digesting a group in the workers, but for this thread's share of it; a small
-        group is digested here, later."""
+        group is digested here, later. `ahead`: the workers may still be busy with the group
+        before, whose digests are not read yet; a slice too large to wait in a worker's pipe
+        is then held until they are (`_hand_over_deferred`)."""
         pool = self._pool
         if pool is not None and len(batch) >= self._pool_threshold:
             sent = len(batch) - self.share.local(len(batch))
             items = [(m.topic, m.payload) for m in batch[:sent]]
+            if ahead and not pool.can_queue(items):
+                return _Group(batch, None, sent, items)
             return _Group(batch, pool.submit(items), sent)
         return _Group(batch, None)
+
+    def _hand_over_deferred(self, group: _Group) -> _Group:
+        """Hand a held slice to the workers, now that the group before was collected."""
+        if group.deferred is None or self._pool is None:
+            return group
+        return group._replace(slices=self._pool.submit(group.deferred), deferred=None)
 
     def _digests(self, group: _Group, hand_over_next: Callable[[], None]) -> list[Digest]:
         """The group's digests, in order. With workers, `hand_over_next` is called once this

@@ -52,6 +52,7 @@ _DIGESTS_IN = msgspec.msgpack.Decoder(tuple[list[Digest], list[Failure]])
 _LENGTH = struct.Struct("!I")
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 F_SETPIPE_SZ = 1031  # linux/fcntl.h
+F_GETPIPE_SZ = 1032
 PIPE_BYTES = 1 << 20  # the default pipe-max-size: a slice of a group fits, the write returns
 
 
@@ -212,6 +213,9 @@ class DigestPool:
         )
         self.restarts = 0
         self._closed = False
+        self.queue_bytes = 0
+        """The most a slice's frame may hold to be written while the worker is still busy with
+        the slice before (the smallest of the workers' input pipes; 0 when unknown)."""
         self._workers = self._make()
 
     def _make(self) -> list[subprocess.Popen[bytes]]:
@@ -235,7 +239,37 @@ class DigestPool:
             with contextlib.suppress(OSError):
                 _write_frame(worker.stdin, self._settings)
             made.append(worker)
+        sizes = []
+        for worker in made:
+            assert worker.stdin is not None
+            try:
+                sizes.append(fcntl.fcntl(worker.stdin.fileno(), F_GETPIPE_SZ))
+            except OSError:
+                sizes.append(0)
+        self.queue_bytes = min(sizes, default=0)
         return made
+
+    def can_queue(self, items: Sequence[Item]) -> bool:
+        """Whether every worker's slice of `items` fits in its input pipe at once.
+
+        Only such a slice may be handed over while the workers still digest (or answer) the
+        slice before: a worker whose answer fills its output pipe reads no more input until
+        that answer is read, so a larger slice would block the intake's write while the
+        intake has yet to read the answer (a bulk import's slices are megabytes)."""
+        size = -(-len(items) // self.processes)
+        for start in range(0, len(items), size):
+            # msgpack: the list and each pair's headers, a topic at most 4 bytes a character.
+            frame = (
+                _LENGTH.size
+                + 5
+                + sum(
+                    len(payload) + 4 * len(topic or "") + 16
+                    for topic, payload in items[start : start + size]
+                )
+            )
+            if frame > self.queue_bytes:
+                return False
+        return True
 
     def warm(self) -> list[int]:
         """Wait until every worker answers (an empty slice each); their process ids."""
@@ -365,6 +399,7 @@ if __name__ == "__main__":
 __all__ = [
     "BrokenProcessPool",
     "DigestPool",
+    "Item",
     "LocalShare",
     "Slices",
     "default_processes",

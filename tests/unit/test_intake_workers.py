@@ -158,13 +158,13 @@ def test_a_killed_worker_costs_no_message(tmp_path: Path) -> None:
     assert [json.loads(line)["msgId"] for line in lines] == expected  # once each, in order
 
 
-def worker_bridge(tmp_path: Path) -> Bridge:
-    """A bridge with two worker processes, a jsonl sink and a FakeConnection, not started."""
+def worker_bridge(tmp_path: Path, workers: int = 2) -> Bridge:
+    """A bridge with worker processes, a jsonl sink and a FakeConnection, not started."""
     config = Config.model_validate(
         {
             "spool": {"path": str(tmp_path / "spool.db"), "synchronous": "NORMAL"},
             "health": {"enabled": False},
-            "validation": {"workers": 2},
+            "validation": {"workers": workers},
             "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
         }
     )
@@ -304,6 +304,46 @@ def test_the_next_group_waits_in_the_workers_pipe_before_the_one_before_is_colle
     drained_in_order(bridge, items(600), tmp_path, read=600)
     steps = [step for step, _ in trace.steps]
     assert steps[:4] == ["submit", "submit", "collect", "commit"]
+
+
+def bulk(index: int, records: int = 100) -> bytes:
+    """An envelope of a bulk import: `records` valid customers, about 15 KB."""
+    customers = [
+        {"id": f"b{index}-{n}", "projectId": "42", "name": "张三", "phone": "13800138000"}
+        for n in range(records)
+    ]
+    document = {
+        "reportTs": 1661154622,
+        "msgId": f"bulk{index}",
+        "profile": {"poiCode": "s0140001", "appType": "customer", "modelId": 140001},
+        "events": {"add": {"eventTs": 1661154622000, "eventType": 1, "customerList": customers}},
+    }
+    return json.dumps(document, ensure_ascii=False).encode()
+
+
+def test_a_slice_larger_than_the_workers_pipe_waits_for_the_collect(tmp_path: Path) -> None:
+    """Bulk envelopes make slices and answers of megabytes: the next slice is then handed over
+    only once the workers' answer was read, since a worker whose answer fills its output pipe
+    reads no more input (the two writes would wait for each other). Everything arrives once,
+    in order, and no group waits in the pipe ahead."""
+    bridge = worker_bridge(tmp_path, workers=1)  # one worker, as on two cores: whole slices
+    pool = bridge.pool
+    assert pool is not None
+    assert pool.queue_bytes >= 64 * 1024  # read back from the kernel
+    batch = [(STANDARD, bulk(i)) for i in range(600)]
+    assert not pool.can_queue(batch[:150])
+    assert pool.can_queue(batch[:2])
+    held: list[int] = []
+    hand_over = bridge.intake._hand_over_deferred
+
+    def counted(group: Any) -> Any:
+        if group.deferred is not None:
+            held.append(len(group.deferred))
+        return hand_over(group)
+
+    bridge.intake._hand_over_deferred = counted  # type: ignore[method-assign]
+    drained_in_order(bridge, batch, tmp_path, read=600)
+    assert held  # the large slices waited for the collect
 
 
 def test_the_intake_digests_its_share_of_each_group_beside_the_workers(tmp_path: Path) -> None:
