@@ -256,7 +256,7 @@ class DigestPool:
         slice before: a worker whose answer fills its output pipe reads no more input until
         that answer is read, so a larger slice would block the intake's write while the
         intake has yet to read the answer (a bulk import's slices are megabytes)."""
-        size = -(-len(items) // self.processes)
+        size = max(-(-len(items) // self.processes), 1)
         for start in range(0, len(items), size):
             # msgpack: the list and each pair's headers, a topic at most 4 bytes a character.
             frame = (

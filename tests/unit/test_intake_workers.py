@@ -42,9 +42,14 @@ def envelope(index: int) -> bytes:
     ]
     if index % 7 == 3:
         del records[0]["name"]
+    return add_envelope(f"m{index}", records)
+
+
+def add_envelope(msg_id: str, records: list[dict[str, str]]) -> bytes:
+    """An add envelope of `records`."""
     document = {
         "reportTs": 1661154622,
-        "msgId": f"m{index}",
+        "msgId": msg_id,
         "profile": {"poiCode": "s0140001", "appType": "customer", "modelId": 140001},
         "events": {"add": {"eventTs": 1661154622000, "eventType": 1, "customerList": records}},
     }
@@ -307,18 +312,12 @@ def test_the_next_group_waits_in_the_workers_pipe_before_the_one_before_is_colle
 
 
 def bulk(index: int, records: int = 100) -> bytes:
-    """An envelope of a bulk import: `records` valid customers, about 15 KB."""
+    """An envelope of a bulk import: `records` valid customers, about 8 KB."""
     customers = [
         {"id": f"b{index}-{n}", "projectId": "42", "name": "张三", "phone": "13800138000"}
         for n in range(records)
     ]
-    document = {
-        "reportTs": 1661154622,
-        "msgId": f"bulk{index}",
-        "profile": {"poiCode": "s0140001", "appType": "customer", "modelId": 140001},
-        "events": {"add": {"eventTs": 1661154622000, "eventType": 1, "customerList": customers}},
-    }
-    return json.dumps(document, ensure_ascii=False).encode()
+    return add_envelope(f"bulk{index}", customers)
 
 
 def test_a_slice_larger_than_the_workers_pipe_waits_for_the_collect(tmp_path: Path) -> None:
@@ -333,6 +332,7 @@ def test_a_slice_larger_than_the_workers_pipe_waits_for_the_collect(tmp_path: Pa
     batch = [(STANDARD, bulk(i)) for i in range(600)]
     assert not pool.can_queue(batch[:150])
     assert pool.can_queue(batch[:2])
+    assert pool.can_queue([])
     held: list[int] = []
     hand_over = bridge.intake._hand_over_deferred
 
