@@ -251,6 +251,11 @@ class _Handler(BaseHTTPRequestHandler):
         recorder = self.server.recorder
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length > 0 else b""
+        if len(body) < length:
+            # The client went away mid-request (a bridge killed between its header and body
+            # writes): a real receiver never sees such a request, so it is not recorded.
+            self.close_connection = True
+            return
         headers = {name.lower(): value for name, value in self.headers.items()}
         request = Request(self.command, self.path, headers, body, self.client_address[1])
         answer = recorder._answer(request)

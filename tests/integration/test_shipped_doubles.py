@@ -8,8 +8,10 @@ through a real `bridge run`.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -89,6 +91,21 @@ def test_a_204_has_no_body_and_keeps_the_connection_usable(crm: Recorder) -> Non
     assert (first.status_code, first.content) == (204, b"")
     assert second.json() == {"status": 200}
     assert crm.connections == 1
+
+
+def test_a_request_cut_before_its_whole_body_is_not_recorded(crm: Recorder) -> None:
+    """A client that dies between its headers and the end of its body (a kill -9 mid-request)
+    leaves no request behind; the next one on a new connection is recorded as usual."""
+    target = urlsplit(crm.url)
+    with socket.create_connection((target.hostname or "127.0.0.1", target.port or 80)) as sock:
+        sock.sendall(
+            f"POST {target.path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Content-Length: 100\r\n\r\n".encode() + b'{"events": ['
+        )
+    with httpx.Client() as client:
+        assert client.post(crm.url, json={"events": []}).status_code == 200
+    wait_until(lambda: crm.requests, 5, lambda: "a request")
+    assert [request.json() for request in crm.requests] == [{"events": []}]
 
 
 def test_a_delay_holds_the_answer_past_a_client_timeout(crm: Recorder) -> None:
