@@ -249,6 +249,12 @@ class DigestPool:
         self.queue_bytes = min(sizes, default=0)
         return made
 
+    def _split(self, items: Sequence[Item]) -> list[Sequence[Item]]:
+        """`items` in consecutive slices, one per worker (fewer for a few items): the one rule
+        of `submit` and `can_queue`."""
+        size = max(-(-len(items) // self.processes), 1)
+        return [items[start : start + size] for start in range(0, len(items), size)]
+
     def can_queue(self, items: Sequence[Item]) -> bool:
         """Whether every worker's slice of `items` fits in its input pipe at once.
 
@@ -256,16 +262,12 @@ class DigestPool:
         slice before: a worker whose answer fills its output pipe reads no more input until
         that answer is read, so a larger slice would block the intake's write while the
         intake has yet to read the answer (a bulk import's slices are megabytes)."""
-        size = max(-(-len(items) // self.processes), 1)
-        for start in range(0, len(items), size):
+        for part in self._split(items):
             # msgpack: the list and each pair's headers, a topic at most 4 bytes a character.
             frame = (
                 _LENGTH.size
                 + 5
-                + sum(
-                    len(payload) + 4 * len(topic or "") + 16
-                    for topic, payload in items[start : start + size]
-                )
+                + sum(len(payload) + 4 * len(topic or "") + 16 for topic, payload in part)
             )
             if frame > self.queue_bytes:
                 return False
@@ -283,13 +285,12 @@ class DigestPool:
 
     def submit(self, items: Sequence[Item]) -> Slices:
         """Start digesting `items` (in slices, one per worker); `collect` takes the result."""
-        size = -(-len(items) // self.processes)
         given: list[subprocess.Popen[bytes]] = []
         broken = False
-        for worker, start in zip(self._workers, range(0, len(items), size), strict=False):
+        for worker, part in zip(self._workers, self._split(items), strict=False):
             assert worker.stdin is not None
             try:
-                _write_frame(worker.stdin, _ITEMS_OUT.encode(items[start : start + size]))
+                _write_frame(worker.stdin, _ITEMS_OUT.encode(part))
             except (OSError, ValueError):  # a worker died since the last group
                 broken = True
                 break
